@@ -1,0 +1,62 @@
+"""The Auto-Contrastive Decoding rule: contrast an expert (upper) exit with an amateur (lower) exit."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Floor used in place of -inf log-probabilities when differences are taken; keeps
+# (upper - lower) finite for every pair of inputs.
+_LOG_FLOOR = torch.finfo(torch.float32).min / 4
+
+
+def check_contrast_parameters(alpha: float, minimum_candidates: int) -> None:
+    """Raise ValueError naming the bad parameter (shared by the configuration and the function)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0.0 < float(alpha) <= 1.0):
+        raise ValueError(f"alpha must be a number in (0, 1], got {alpha!r}")
+    if isinstance(minimum_candidates, bool) or not isinstance(minimum_candidates, int) or minimum_candidates < 1:
+        raise ValueError(f"minimum_candidates must be an integer >= 1, got {minimum_candidates!r}")
+
+
+def plausible_head_mask(upper_logprobs: torch.Tensor, alpha: float, minimum_candidates: int) -> torch.Tensor:
+    """Boolean mask of the head set H = {v : p_v >= min(alpha * max p, k-th largest p)}."""
+    k = min(int(minimum_candidates), upper_logprobs.shape[-1])
+    kth = upper_logprobs.topk(k, dim=-1).values[..., -1:]
+    alpha_threshold = upper_logprobs.max(dim=-1, keepdim=True).values + math.log(alpha)
+    threshold = torch.minimum(alpha_threshold, kth)
+    return upper_logprobs >= threshold
+
+
+def calculate_contrasted_logits(
+    upper_logits: torch.Tensor,
+    lower_logits: torch.Tensor,
+    alpha: float = 0.1,
+    minimum_candidates: int = 1,
+) -> torch.Tensor:
+    """Return log-probabilities of the ACD distribution.
+
+    p^U = softmax(upper), p^L = softmax(lower); the head set H holds the tokens with
+    p^U_v >= min(alpha * max p^U, k-th largest p^U) (k = minimum_candidates) and M is
+    its expert mass. Inside H the distribution is M * softmax_H(log p^U - log p^L);
+    outside H every token keeps its expert probability. The result sums to one.
+
+    Works on any leading shape, computes in float32 log space (so an amateur
+    probability that underflows to zero never produces NaN/inf inside H), and
+    returns a float32 tensor on the inputs' device.
+    """
+    check_contrast_parameters(alpha, minimum_candidates)
+    if upper_logits.shape != lower_logits.shape:
+        raise ValueError(
+            f"upper_logits and lower_logits must have the same shape, got {tuple(upper_logits.shape)} "
+            f"and {tuple(lower_logits.shape)}"
+        )
+    upper = torch.log_softmax(upper_logits.float(), dim=-1)
+    lower = torch.log_softmax(lower_logits.float().to(upper.device), dim=-1)
+    head = plausible_head_mask(upper, alpha, minimum_candidates)
+
+    neg_inf = torch.tensor(float("-inf"), dtype=upper.dtype, device=upper.device)
+    head_mass = torch.logsumexp(torch.where(head, upper, neg_inf), dim=-1, keepdim=True)
+    difference = upper.clamp(min=_LOG_FLOOR) - lower.clamp(min=_LOG_FLOOR)
+    inside = torch.log_softmax(torch.where(head, difference, neg_inf), dim=-1) + head_mass
+    return torch.where(head, inside, upper)

