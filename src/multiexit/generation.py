@@ -1,0 +1,438 @@
+"""Open-ended generation runs: one model x one decoding setting x one prompt set -> JSONL + sidecar.
+
+Each output row is ``{id, prompt, reference, generation, n_new_tokens, stop_reason}``:
+
+* ``generation`` is the decoded continuation (special tokens removed, cut at the first EOS);
+* ``n_new_tokens`` counts the continuation's tokens before EOS (EOS itself and padding excluded);
+* ``stop_reason`` is ``"eos"`` when the model ended the text before the limit, else ``"length"``.
+
+Next to ``<name>.jsonl`` a sidecar ``<name>.meta.json`` records the decoding setting (method and
+full parameter dict, whatever method the registry of :mod:`multiexit.decoding` holds), the model,
+the dataset request, seed, batch size, shard layout, library versions, device, wall time and
+tokens/s.
+
+Prompts are split into ``num_shards`` contiguous shards. A run either produces one shard
+(``shard=i``: the pipeline runs shards as separate jobs and merges them with :func:`merge_shards`)
+or all of them in one process, checkpointing each finished shard in ``<output>.shards/``; a killed
+run restarts from its finished shards, and because every shard is seeded from ``(seed, shard)`` the
+resumed file is identical to an uninterrupted one. Every file is written under a temporary name and
+renamed when complete, so a partial file never looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import decoding
+from .data import DatasetRequest, Prompt, load_prompts
+from .decoding import DecodingSetting, parse_decoding, seed_everything
+
+ROW_FIELDS = ("id", "prompt", "reference", "generation", "n_new_tokens", "stop_reason")
+
+
+# ------------------------------------------------------------------------------ small utilities
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def rows_to_jsonl(rows: Sequence[dict]) -> str:
+    return "".join(json.dumps({k: row[k] for k in ROW_FIELDS}, ensure_ascii=False) + "\n" for row in rows)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    rows = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({err})") from None
+    return rows
+
+
+def meta_path(output: str | Path) -> Path:
+    """``results/x.jsonl`` -> ``results/x.meta.json``."""
+    output = Path(output)
+    stem = output.name[: -len(".jsonl")] if output.name.endswith(".jsonl") else output.name
+    return output.with_name(f"{stem}.meta.json")
+
+
+def shard_bounds(n_items: int, num_shards: int, shard: int) -> tuple[int, int]:
+    """Contiguous ``[start, end)`` of shard ``shard`` when ``n_items`` are cut into ``num_shards`` near-equal parts."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard must be in 0..{num_shards - 1}, got {shard}")
+    base, extra = divmod(n_items, num_shards)
+    start = shard * base + min(shard, extra)
+    return start, start + base + (1 if shard < extra else 0)
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    """The seed of one shard: independent of batch size, worker and whether earlier shards ran here."""
+    return int(np.random.SeedSequence([seed, shard]).generate_state(1)[0])
+
+
+def library_versions() -> dict:
+    import transformers
+
+    from . import __version__
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__, "multiexit": __version__}
+    for module in ("datasets", "tokenizers"):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # pragma: no cover - optional
+            pass
+    return versions
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device: {err}") from None
+
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class GenerationRun:
+    """Everything that decides the content of a generation file (and so its fingerprint)."""
+
+    model: str
+    setting: DecodingSetting
+    dataset: DatasetRequest
+    seed: int = 0
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    num_shards: int = 1
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        for key in ("max_new_tokens", "batch_size", "num_shards"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {self.dtype!r}")
+
+    def settings(self) -> dict:
+        return {
+            "model": self.model,
+            "decoding": self.setting.as_dict(),
+            "dataset": self.dataset.as_dict(),
+            "seed": self.seed,
+            "max_new_tokens": self.max_new_tokens,
+            "batch_size": self.batch_size,
+            "num_shards": self.num_shards,
+            "dtype": self.dtype,
+        }
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.settings(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_generation_model(model: str, device: torch.device, dtype: torch.dtype):
+    """The multi-exit model (original head by default) and its tokenizer from a local folder, Hub name or ``package:``."""
+    from transformers import AutoTokenizer
+
+    from .modeling import AutoMultiExitModel
+    from .sources import resolve_model_source
+
+    source = resolve_model_source(model)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    lm = AutoMultiExitModel.from_pretrained(source, dtype=dtype).to(device)
+    lm.eval()
+    return lm, tokenizer
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    ids: list[int] = []
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if int(item) not in ids:
+                ids.append(int(item))
+    return ids
+
+
+def _left_pad(batch: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, width - len(ids):] = torch.tensor(list(ids), dtype=torch.long)
+        mask[row, width - len(ids):] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def _generate_batch(model, setting, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id) -> torch.Tensor:
+    return decoding.generate(
+        model, setting, input_ids, attention_mask, max_new_tokens,
+        eos_token_id=eos_ids if len(eos_ids) != 1 else eos_ids[0], pad_token_id=pad_id,
+    )
+
+
+def finish_row(prompt: Prompt, new_tokens: Sequence[int], eos_ids: Sequence[int], tokenizer) -> dict:
+    """Cut one row of new tokens at its first EOS and decode it."""
+    tokens = [int(t) for t in new_tokens]
+    stop = next((i for i, tok in enumerate(tokens) if tok in eos_ids), None)
+    kept = tokens if stop is None else tokens[:stop]
+    return {
+        "id": prompt.id,
+        "prompt": prompt.prompt,
+        "reference": prompt.reference,
+        "generation": tokenizer.decode(kept, skip_special_tokens=True),
+        "n_new_tokens": len(kept),
+        "stop_reason": "eos" if stop is not None else "length",
+    }
+
+
+def generate_rows(
+    model,
+    tokenizer,
+    setting: DecodingSetting,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    progress: bool = True,
+    desc: str = "generate",
+) -> tuple[list[dict], dict]:
+    """Generate for ``prompts`` in left-padded batches after seeding with ``seed``; returns rows and timing."""
+    from tqdm.auto import tqdm
+
+    eos_ids = eos_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    device = next(model.parameters()).device
+    seed_everything(seed)
+    rows: list[dict] = []
+    seconds = 0.0
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        input_ids, mask = _left_pad([p.prompt_ids for p in batch], pad_id, device)
+        began = time.perf_counter()
+        new = _generate_batch(model, setting, input_ids, mask, max_new_tokens, eos_ids, pad_id)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds += time.perf_counter() - began
+        rows.extend(finish_row(p, new[i].tolist(), eos_ids, tokenizer) for i, p in enumerate(batch))
+        bar.update(len(batch))
+    bar.close()
+    tokens = sum(r["n_new_tokens"] for r in rows)
+    return rows, {"n_prompts": len(rows), "new_tokens": tokens, "seconds": seconds}
+
+
+def _timing_summary(parts: Sequence[dict]) -> dict:
+    tokens = sum(p["new_tokens"] for p in parts)
+    seconds = sum(p["seconds"] for p in parts)
+    return {
+        "n_prompts": sum(p["n_prompts"] for p in parts),
+        "new_tokens": tokens,
+        "generation_seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens / seconds, 3) if seconds > 0 else None,
+    }
+
+
+def _meta(run: GenerationRun, shards: list[int], parts: list[dict], device: torch.device, dtype: torch.dtype, extra: dict | None = None) -> dict:
+    method = decoding.METHODS[run.setting.method]
+    return {
+        "kind": "generation",
+        "fingerprint": run.fingerprint(),
+        "settings": run.settings(),
+        "decoding_description": method.description,
+        "shards": shards,
+        "device": str(device),
+        "torch_dtype": str(dtype).replace("torch.", ""),
+        "versions": library_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **_timing_summary(parts),
+        "shard_timings": parts,
+        **(extra or {}),
+    }
+
+
+def shard_dir(output: str | Path) -> Path:
+    return Path(f"{output}.shards")
+
+
+def shard_file(output: str | Path, shard: int, num_shards: int) -> Path:
+    return shard_dir(output) / f"shard-{shard:05d}-of-{num_shards:05d}.jsonl"
+
+
+def run_generation(
+    run: GenerationRun,
+    output: str | Path,
+    *,
+    shard: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    model_and_tokenizer: tuple | None = None,
+    prompts: Sequence[Prompt] | None = None,
+) -> Path:
+    """Run ``run`` and write ``output`` (JSONL) and its sidecar; returns ``output``.
+
+    With ``shard=None`` all shards run here, each checkpointed under ``<output>.shards/`` and
+    skipped when already finished with the same fingerprint; the shards are then concatenated
+    into ``output`` and the checkpoint folder removed. With ``shard=i`` only shard ``i`` is
+    produced, written directly to ``output`` (merge them with :func:`merge_shards`).
+    ``model_and_tokenizer`` / ``prompts`` let a caller reuse an already loaded model or prompt set.
+    """
+    output = Path(output)
+    if not output.name.endswith(".jsonl"):
+        raise ValueError(f"output must end in .jsonl, got {output}")
+    if shard is not None and not 0 <= shard < run.num_shards:
+        raise ValueError(f"shard must be in 0..{run.num_shards - 1}, got {shard}")
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(run.dtype, torch_device)
+    if model_and_tokenizer is None:
+        model_and_tokenizer = load_generation_model(run.model, torch_device, torch_dtype)
+    model, tokenizer = model_and_tokenizer
+    if prompts is None:
+        prompts = load_prompts(run.dataset, tokenizer)
+    if len(prompts) < run.num_shards:
+        raise ValueError(f"num_shards ({run.num_shards}) is larger than the number of prompts ({len(prompts)})")
+
+    def produce(index: int) -> tuple[list[dict], dict]:
+        start, end = shard_bounds(len(prompts), run.num_shards, index)
+        return generate_rows(
+            model, tokenizer, run.setting, prompts[start:end],
+            max_new_tokens=run.max_new_tokens, batch_size=run.batch_size, seed=shard_seed(run.seed, index),
+            progress=progress, desc=f"{run.setting.method} shard {index + 1}/{run.num_shards}",
+        )
+
+    if shard is not None:
+        rows, timing = produce(shard)
+        atomic_write_text(output, rows_to_jsonl(rows))
+        atomic_write_text(meta_path(output), json.dumps(_meta(run, [shard], [timing], torch_device, torch_dtype), indent=2) + "\n")
+        return output
+
+    folder = shard_dir(output)
+    parts: list[dict] = []
+    for index in range(run.num_shards):
+        path = shard_file(output, index, run.num_shards)
+        side = meta_path(path)
+        if path.is_file() and side.is_file():
+            saved = json.loads(side.read_text())
+            if saved.get("fingerprint") != run.fingerprint():
+                raise ValueError(
+                    f"{path} was written by a run with different settings (fingerprint {saved.get('fingerprint')} "
+                    f"!= {run.fingerprint()}); delete {folder} to start over"
+                )
+            parts.extend(saved["shard_timings"])
+            continue
+        rows, timing = produce(index)
+        atomic_write_text(path, rows_to_jsonl(rows))
+        atomic_write_text(side, json.dumps(_meta(run, [index], [timing], torch_device, torch_dtype), indent=2) + "\n")
+        parts.append(timing)
+    text = "".join(shard_file(output, i, run.num_shards).read_text(encoding="utf-8") for i in range(run.num_shards))
+    # sidecar first: the JSONL (what pipelines wait for) appears last
+    atomic_write_text(meta_path(output), json.dumps(_meta(run, list(range(run.num_shards)), parts, torch_device, torch_dtype), indent=2) + "\n")
+    atomic_write_text(output, text)
+    shutil.rmtree(folder, ignore_errors=True)
+    return output
+
+
+def merge_shards(shard_outputs: Sequence[str | Path], output: str | Path) -> Path:
+    """Concatenate shard files written with ``shard=i`` (all shards of one run, any order) into ``output``."""
+    metas = []
+    for path in shard_outputs:
+        side = meta_path(path)
+        if not Path(path).is_file() or not side.is_file():
+            raise ValueError(f"merge: {path} or its sidecar {side} is missing")
+        metas.append((json.loads(side.read_text()), Path(path)))
+    prints = {m["fingerprint"] for m, _ in metas}
+    if len(prints) != 1:
+        raise ValueError(f"merge: shards come from different runs (fingerprints {sorted(prints)})")
+    num_shards = metas[0][0]["settings"]["num_shards"]
+    found = sorted(s for m, _ in metas for s in m["shards"])
+    if found != list(range(num_shards)):
+        raise ValueError(f"merge: expected shards 0..{num_shards - 1} exactly once, got {found}")
+    metas.sort(key=lambda item: item[0]["shards"][0])
+    text = "".join(path.read_text(encoding="utf-8") for _, path in metas)
+    merged = dict(metas[0][0])
+    parts = [t for m, _ in metas for t in m["shard_timings"]]
+    merged.update(_timing_summary(parts), shards=found, shard_timings=parts, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    atomic_write_text(meta_path(output), json.dumps(merged, indent=2) + "\n")
+    atomic_write_text(output, text)
+    return Path(output)
+
+
+def make_run(
+    model: str,
+    method: str,
+    params: dict | None,
+    dataset: DatasetRequest | dict,
+    **kwargs,
+) -> GenerationRun:
+    """Validate everything (decoding name/params, dataset request, sizes) before any model work."""
+    setting = parse_decoding(method, params)
+    request = dataset if isinstance(dataset, DatasetRequest) else DatasetRequest.from_dict(dataset)
+    request.validate()
+    return GenerationRun(model=model, setting=setting, dataset=request, **kwargs)
+
+
+__all__ = [
+    "GenerationRun",
+    "ROW_FIELDS",
+    "atomic_write_text",
+    "eos_token_ids",
+    "finish_row",
+    "generate_rows",
+    "load_generation_model",
+    "make_run",
+    "merge_shards",
+    "meta_path",
+    "read_jsonl",
+    "run_generation",
+    "shard_bounds",
+    "shard_seed",
+]
