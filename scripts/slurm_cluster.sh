@@ -11,7 +11,10 @@
 #
 # Everything the script writes lives under $MULTIEXIT_SLURM_DIR (default /var/tmp/multiexit-slurm):
 #   etc/slurm.conf, etc/gres.conf, state/, spool/, log/, run/*.pid.
-# Nothing in /etc/slurm is touched; client commands find the cluster through SLURM_CONF.
+# Nothing in /etc/slurm is touched.  Client commands find the cluster through SLURM_CONF, or, where
+# SLURM_CONF is not set (inside jobs: the snakemake slurm plugin strips SLURM_* variables before its
+# nested `srun`), through symlinks /run/slurm/conf/{slurm,gres}.conf, the path Slurm clients search
+# after /etc/slurm/slurm.conf.  `stop` removes those symlinks again.
 #
 # Settings (environment variables):
 #   MULTIEXIT_SLURM_DIR          where config, state, logs and pid files go
@@ -153,6 +156,32 @@ EOF
     mv "$CONF_DIR/gres.conf.tmp" "$CONF_DIR/gres.conf"
 }
 
+RUN_CONF_DIR=/run/slurm/conf
+
+link_run_conf() {
+    if [[ -e /etc/slurm/slurm.conf ]]; then
+        log "WARNING: /etc/slurm/slurm.conf exists and takes precedence over $RUN_CONF_DIR inside jobs;"
+        log "         commands without SLURM_CONF (e.g. the plugin's srun inside a job) will talk to that cluster"
+    fi
+    mkdir -p "$RUN_CONF_DIR"
+    local f
+    for f in slurm.conf gres.conf; do
+        if [[ -e "$RUN_CONF_DIR/$f" && ! -L "$RUN_CONF_DIR/$f" ]]; then
+            die "$RUN_CONF_DIR/$f exists and is not ours; refusing to replace it"
+        fi
+        ln -sfn "$CONF_DIR/$f" "$RUN_CONF_DIR/$f"
+    done
+}
+
+unlink_run_conf() {
+    local f
+    for f in slurm.conf gres.conf; do
+        if [[ -L "$RUN_CONF_DIR/$f" && "$(readlink "$RUN_CONF_DIR/$f")" == "$CONF_DIR/$f" ]]; then
+            rm -f "$RUN_CONF_DIR/$f"
+        fi
+    done
+}
+
 node_ready() { sinfo -h -N -n "$NODE" -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'; }
 
 cmd_start() {
@@ -163,10 +192,12 @@ cmd_start() {
     start_munge
     if pid_alive "$CTLD_PID" slurmctld && pid_alive "$SLURMD_PID" slurmd; then
         log "slurmctld and slurmd already running"
+        link_run_conf
     else
         if ! pid_alive "$CTLD_PID" slurmctld && ! pid_alive "$SLURMD_PID" slurmd; then
             write_config
         fi
+        link_run_conf
         if ! pid_alive "$CTLD_PID" slurmctld; then
             log "starting slurmctld"
             /usr/sbin/slurmctld -f "$SLURM_CONF"
@@ -224,6 +255,7 @@ cmd_stop() {
     stop_pidfile "$CTLD_PID" slurmctld
     # munged is stopped only if this script started it (its copy of the pid file exists).
     stop_pidfile "$MUNGE_PID" munged
+    unlink_run_conf
     log "stopped"
 }
 
