@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Score one generation file (JSONL from scripts/generate.py) -> one metrics JSON.
+
+Thin command line over :func:`multiexit.metrics.score_rows`; see docs/metrics.md for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "--settings keys (JSON object; every key optional):\n"
+            "  metrics               list from diversity, mauve, coherence, length, perplexity\n"
+            "                        (default [diversity, mauve, coherence, length])\n"
+            "  ns                    n-gram sizes of rep-n (default [2, 3, 4])\n"
+            "  featurizer            MAUVE featurizer LM: Hub name or local folder (default gpt2; gpt2-large selectable)\n"
+            "  mauve_max_tokens      reference and generation cut to this many featurizer tokens; shorter pairs dropped (128)\n"
+            "  mauve_scaling_factor  MAUVE scaling factor (5)\n"
+            "  mauve_seed            k-means seed (25)\n"
+            "  mauve_num_buckets     'auto' (= n/10) or an integer\n"
+            "  coherence_model       SimCSE Hub name / folder (CLS pooler output) or a sentence-transformers folder\n"
+            "                        (default princeton-nlp/sup-simcse-bert-base-uncased)\n"
+            "  perplexity_model      evaluator LM for metric 'perplexity' (required with it)\n"
+            "  batch_size            featurizer / encoder batch size (16)\n"
+            "  device                auto, cpu, cuda, ... (auto)\n\n"
+            "Output keys: rep_{n}_pooled / diversity_pooled (n-grams pooled over the corpus, SimCTG & Contrastive\n"
+            "Decoding code), rep_{n}_per_text / diversity_per_text (mean of per-text values, ACD paper code),\n"
+            "mauve, mauve_n_pairs, mauve_n_dropped, coherence, mean_new_tokens, mean_words, share_stopped_early,\n"
+            "share_empty, perplexity; plus 'settings' and the generation sidecar's 'generation' block."
+        ),
+    )
+    parser.add_argument("--generations", required=True, help="generation JSONL (rows with id, prompt, reference, generation, n_new_tokens, stop_reason)")
+    parser.add_argument("--settings", default="{}", help="scoring settings as a JSON object (see below; default {})")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--progress", action="store_true", help="show featurizer progress bars")
+    parser.add_argument("--output", required=True, help="metrics JSON path (written atomically)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from multiexit.generation import atomic_write_text, meta_path, read_jsonl
+    from multiexit.metrics import ScoreSettings, check_rows, score_rows
+
+    try:
+        try:
+            raw = json.loads(args.settings)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--settings is not valid JSON ({err}): {args.settings!r}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"--settings must be a JSON object, got {args.settings!r}")
+        settings = ScoreSettings.from_dict(raw)
+        if not Path(args.generations).is_file():
+            raise ValueError(f"--generations: file not found: {args.generations}")
+        rows = read_jsonl(args.generations)
+        check_rows(rows, args.generations)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    metrics = score_rows(rows, settings, progress=args.progress)
+    side = meta_path(args.generations)
+    report = {
+        "generations": str(args.generations),
+        "metrics": metrics,
+        "settings": settings.as_dict(),
+        "generation": json.loads(side.read_text()) if side.is_file() else None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
