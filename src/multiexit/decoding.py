@@ -237,3 +237,6 @@ __all__ = [
     "replace_params",
     "seed_everything",
 ]
+
+# Baselines (contrastive search, contrastive decoding, DoLa) register themselves on import; keep this last.
+from . import baselines  # noqa: E402,F401  registers methods

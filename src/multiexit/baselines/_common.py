@@ -1,0 +1,160 @@
+"""Shared pieces of the hand-written decoding loops: a left-padded batch with its own KV cache, EOS bookkeeping.
+
+Every baseline drives the model step by step itself (transformers 5 moved contrastive search
+and DoLa out of its core), so the loops share one small state object:
+
+* the prompt batch is left-padded; position ids count only real tokens, so a prompt gets the
+  same positions whatever its batch neighbours are;
+* the KV cache is a ``DynamicCache`` passed as ``cache=`` (the transformers 5 name);
+* rows can be repeated (contrastive search, beam search) and selected again, which keeps the
+  cache, the attention mask and the positions in step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from typing import Iterable
+
+import torch
+from transformers import DynamicCache
+
+from ..config import MultiExitConfiguration
+
+
+@contextlib.contextmanager
+def original_head(model):
+    """Make a multi-exit model answer with its original head (the plain causal LM) for the duration."""
+    if not hasattr(model, "set_multi_exit_config"):
+        yield model
+        return
+    previous = model.multi_exit_config
+    model.set_multi_exit_config(MultiExitConfiguration(use_original_head=True))
+    try:
+        yield model
+    finally:
+        model.multi_exit_config = previous
+
+
+@functools.cache
+def _accepts_position_ids(model_class: type) -> bool:
+    base = getattr(model_class, "multi_exit_base_class", None) or model_class
+    return "position_ids" in inspect.signature(base.forward).parameters
+
+
+class CachedBatch:
+    """A left-padded batch being decoded by one model with its own ``DynamicCache``."""
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        self.model = model
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self.mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
+        self.cache = DynamicCache(config=model.config)
+        self._positions = _accepts_position_ids(type(model))
+        self._prompt_ids = input_ids
+        self.next_position = None
+
+    def _call(self, input_ids, position_ids, hidden_states: bool, keep_all_logits: bool = False):
+        kwargs = {
+            "input_ids": input_ids,
+            "attention_mask": self.mask,
+            "cache": self.cache,
+            "use_cache": True,
+            "output_hidden_states": hidden_states,
+        }
+        if not keep_all_logits:
+            kwargs["logits_to_keep"] = 1
+        if self._positions:
+            kwargs["position_ids"] = position_ids
+        return self.model(**kwargs)
+
+    def prefill(self, hidden_states: bool = False):
+        """Run the prompt; returns the model output (logits of the last position only)."""
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.next_position = positions[:, -1:] + 1
+        return self._call(self._prompt_ids, positions, hidden_states)
+
+    def step(self, tokens: torch.Tensor, hidden_states: bool = False):
+        """Feed one new token per row (shape (rows,) or (rows, 1))."""
+        tokens = tokens.reshape(-1, 1)
+        self.mask = torch.cat([self.mask, torch.ones_like(tokens)], dim=1)
+        positions = self.next_position
+        self.next_position = positions + 1
+        return self._call(tokens, positions, hidden_states)
+
+    def repeat_rows(self, times: int) -> None:
+        """Each row becomes ``times`` consecutive rows (row b -> rows b*times .. b*times+times-1)."""
+        if times == 1:
+            return
+        self.cache.batch_repeat_interleave(times)
+        self.mask = self.mask.repeat_interleave(times, dim=0)
+        self.next_position = self.next_position.repeat_interleave(times, dim=0)
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (in that order); used after repeat_rows or to reorder beams."""
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+        self.next_position = self.next_position[rows]
+
+
+def eos_ids(eos_token_id, device) -> torch.Tensor | None:
+    """EOS id(s) as a 1-D tensor, or None when generation only stops at max_new_tokens."""
+    if eos_token_id is None:
+        return None
+    if isinstance(eos_token_id, int):
+        eos_token_id = [eos_token_id]
+    values = [int(v) for v in eos_token_id]
+    return torch.tensor(values, dtype=torch.long, device=device) if values else None
+
+
+def is_eos(tokens: torch.Tensor, eos: torch.Tensor | None) -> torch.Tensor:
+    if eos is None:
+        return torch.zeros_like(tokens, dtype=torch.bool)
+    return torch.isin(tokens, eos)
+
+
+def pad_value(pad_token_id, eos: torch.Tensor | None) -> int:
+    if pad_token_id is not None:
+        return int(pad_token_id)
+    if eos is not None:
+        return int(eos[0])
+    return 0
+
+
+def check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int) -> None:
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must have shape (batch, prompt_length>0), got {tuple(input_ids.shape)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids {tuple(input_ids.shape)}")
+    if attention_mask is not None and not bool((attention_mask[:, -1] != 0).all()):
+        raise ValueError("inputs must be left-padded: the last position of every row must be a real token")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+
+
+def presence_mask(token_ids: torch.Tensor, valid: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(rows, vocab) bool: which tokens occur among the valid (non-pad) positions of each row."""
+    counts = torch.zeros(token_ids.shape[0], vocab_size, device=token_ids.device)
+    counts.scatter_add_(1, token_ids.clamp(0, vocab_size - 1), valid.to(counts.dtype))
+    return counts > 0
+
+
+def apply_repetition_penalty(scores: torch.Tensor, present: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty (as HF applies it): seen tokens' scores shrink (divided if > 0, multiplied if < 0).
+
+    Only real tokens count as seen (pad positions of left-padded rows are excluded), so a row's
+    scores do not depend on how much padding its batch gave it.
+    """
+    if penalty == 1.0:
+        return scores
+    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(present, penalised, scores)
+
+
+def stack_new_tokens(tokens: Iterable[torch.Tensor], rows: int, device) -> torch.Tensor:
+    tokens = list(tokens)
+    if not tokens:
+        return torch.empty(rows, 0, dtype=torch.long, device=device)
+    return torch.stack(tokens, dim=1)
