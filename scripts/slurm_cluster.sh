@@ -30,7 +30,7 @@ CTLD_PORT="${MULTIEXIT_SLURM_CTLD_PORT:-6817}"
 SLURMD_PORT="${MULTIEXIT_SLURM_SLURMD_PORT:-6818}"
 MIN_JOB_AGE="${MULTIEXIT_SLURM_MIN_JOB_AGE:-300}"
 NODE=localhost
-PARTITION=debug
+PARTITIONS=(main gpu)  # the first is the default; both hold the one node
 
 CONF_DIR="$SLURM_HOME/etc"
 RUN_DIR="$SLURM_HOME/run"
@@ -145,7 +145,10 @@ MinJobAge=$MIN_JOB_AGE
 DefMemPerCPU=$def_mem
 GresTypes=gpu
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$real_mem Gres=gpu:1 State=UNKNOWN
-PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+# Two partitions on the same node, like a cluster's CPU and GPU partitions, so that the plugin's
+# partition selection (--slurm-partition-config) can be exercised.
+PartitionName=${PARTITIONS[0]} Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+PartitionName=${PARTITIONS[1]} Nodes=$NODE Default=NO MaxTime=INFINITE State=UP
 EOF
     # A placeholder GPU: lets jobs that request gpu=1 / --gpus=1 / --gres=gpu:1 be accepted and run
     # (they see CUDA_VISIBLE_DEVICES=0 but there is no device behind it).
@@ -249,7 +252,8 @@ stop_pidfile() {  # stop_pidfile <pidfile> <comm>
 cmd_stop() {
     # slurmstepd processes of running jobs belong to slurmd's jobs; cancel them first.
     if pid_alive "$CTLD_PID" slurmctld; then
-        scancel --full --partition="$PARTITION" >/dev/null 2>&1 || true
+        local p
+        for p in "${PARTITIONS[@]}"; do scancel --full --partition="$p" >/dev/null 2>&1 || true; done
     fi
     stop_pidfile "$SLURMD_PID" slurmd
     stop_pidfile "$CTLD_PID" slurmctld
