@@ -1,0 +1,301 @@
+"""Exit-head training: losses fall, init modes, frozen body, checkpoints, kill-and-resume, task mode, KL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from multiexit.config import MultiExitConfiguration, VocabularyProjectionMode
+from multiexit.modeling import AutoMultiExitModel
+from multiexit.text_data import (
+    collate_chunks,
+    collate_task,
+    encode_task_examples,
+    load_token_chunks,
+    read_local_documents,
+    NAMED_LOCAL,
+)
+from multiexit.training import (
+    ExitObjective,
+    HeadTrainingConfig,
+    evaluate_exits,
+    exit_logits,
+    heldout_batches,
+    parse_exits,
+    prepare_model_for_training,
+    train_exits,
+    trainable_parameters,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "train_heads.py"
+
+
+def _char_tokenizer():
+    """A 128-token BPE tokenizer trained on a slice of the gensim Lee corpus (real English, tiny vocab)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    docs = read_local_documents(NAMED_LOCAL["lee_background"]())[:60]
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=128, special_tokens=["<pad>", "<s>", "</s>", "<unk>"], limit_alphabet=60,
+                                  show_progress=False)
+    backend.train_from_iterator(docs, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random GPT-2 (4 layers, vocab 128) with a matching tokenizer, saved as a plain HF folder."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "gpt2"
+    AutoModelForCausalLM.from_config(tiny_config("gpt2")).save_pretrained(path)
+    _char_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def chunks(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return load_token_chunks("lee_background", AutoTokenizer.from_pretrained(tiny_dir), seq_len=32,
+                             train_tokens=32 * 96, eval_tokens=32 * 16, seed=0)
+
+
+def _base_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("name_to_")}
+
+
+@pytest.mark.parametrize("init", ["random", "warm"])
+def test_every_exit_loss_falls_and_base_is_untouched(tiny_dir, chunks, init):
+    config = HeadTrainingConfig(exits=[1, 2, 3], init=init, learning_rate=2e-2, max_steps=24, batch_size=4, seed=0)
+    model = prepare_model_for_training(str(tiny_dir), config)
+    assert sorted(trainable_parameters(model)) == [f"name_to_lm_exit_head.lm_head_{l}.weight" for l in (1, 2, 3)]
+    if init == "warm":
+        for l in (1, 2, 3):
+            assert torch.equal(model.name_to_lm_exit_head[f"lm_head_{l}"].weight, model.lm_head.weight)
+            assert model.name_to_lm_exit_head[f"lm_head_{l}"].weight.data_ptr() != model.lm_head.weight.data_ptr()
+    base_before = _base_state(model)
+    batches = heldout_batches(chunks.heldout, 8)
+    before = evaluate_exits(model, batches, [1, 2, 3])
+    if init == "warm":  # a warm-started head is exactly the logit lens
+        lens = evaluate_exits(model, batches, [1, 2, 3], VocabularyProjectionMode.SHARED_PROJECTION_DIRECT)
+        assert all(abs(before[k]["cross_entropy"] - lens[k]["cross_entropy"]) < 1e-6 for k in lens)
+    result = train_exits(model, list(chunks.train), config, collate_chunks, log=lambda *_: None)
+    after = evaluate_exits(model, batches, [1, 2, 3])
+    for exit_ in ("1", "2", "3"):
+        assert after[exit_]["cross_entropy"] < before[exit_]["cross_entropy"] - 0.05, (exit_, before, after)
+        first = sum(h["exit_losses"][exit_] for h in result.history[:4]) / 4
+        last = sum(h["exit_losses"][exit_] for h in result.history[-4:]) / 4
+        assert last < first
+    assert result.steps == 24 and len(result.history) == 24
+    assert result.tokens == 24 * 4 * 31  # label tokens: seq_len - 1 per chunk
+    for name, value in _base_state(model).items():
+        assert torch.equal(value, base_before[name]), f"frozen base weight {name} changed"
+
+
+def test_objective_matches_core_forward_loss(tiny_dir, chunks):
+    config = HeadTrainingConfig(exits=[1, 3], init="random")
+    model = prepare_model_for_training(str(tiny_dir), config)
+    batch = collate_chunks(list(chunks.train[:4]))
+    total, per_exit = ExitObjective(model, [1, 3])(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    out = model(**batch)
+    assert torch.allclose(total, out.loss)
+    assert torch.allclose(per_exit, torch.stack([out.exit_losses[1], out.exit_losses[3]]))
+
+
+def test_kl_objective_trains_towards_final_layer(tiny_dir, chunks):
+    config = HeadTrainingConfig(exits=[1, 2], objective="kl", init="random", learning_rate=2e-2, max_steps=16, batch_size=4)
+    model = prepare_model_for_training(str(tiny_dir), config)
+    result = train_exits(model, list(chunks.train), config, collate_chunks, log=lambda *_: None)
+    for exit_ in ("1", "2"):
+        assert result.history[-1]["exit_losses"][exit_] < result.history[0]["exit_losses"][exit_]
+        assert all(h["exit_losses"][exit_] >= -1e-6 for h in result.history)  # a KL divergence
+
+
+def test_original_head_finetuning_unties_and_keeps_embeddings(tiny_dir, chunks, tmp_path):
+    from multiexit.training import save_trained_model
+
+    config = HeadTrainingConfig(exits=[2, "original"], init="warm", learning_rate=1e-2, max_steps=6, batch_size=4)
+    model = prepare_model_for_training(str(tiny_dir), config)
+    embeddings = model.get_input_embeddings().weight.detach().clone()
+    head = model.lm_head.weight.detach().clone()
+    assert "lm_head.weight" in trainable_parameters(model)
+    result = train_exits(model, list(chunks.train), config, collate_chunks, log=lambda *_: None)
+    assert set(result.history[0]["exit_losses"]) == {"2", "original"}
+    assert torch.equal(model.get_input_embeddings().weight, embeddings)
+    assert not torch.equal(model.lm_head.weight, head)
+    save_trained_model(model, tmp_path / "ckpt")
+    loaded = AutoMultiExitModel.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    assert torch.equal(loaded.get_input_embeddings().weight, embeddings)
+
+
+def test_task_mode_leaves_prompt_tokens_out_of_the_loss(tiny_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    examples = [{"prompt": "The bank said on Monday that", "target": " profits rose"},
+                {"prompt": "Police", "target": " arrested two men in Sydney"}]
+    encoded = encode_task_examples(examples, tokenizer, max_len=64)
+    for example, item in zip(examples, encoded):
+        n_prompt = len(tokenizer(example["prompt"], add_special_tokens=False)["input_ids"])
+        assert item["labels"][:n_prompt] == [-100] * n_prompt
+        assert all(t != -100 for t in item["labels"][n_prompt:])
+        assert item["labels"][-1] == tokenizer.eos_token_id
+    batch = collate_task(encoded, tokenizer.pad_token_id)
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+    model = prepare_model_for_training(str(tiny_dir), HeadTrainingConfig(exits=[2], init="random"))
+    loss, _ = ExitObjective(model, [2])(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    logits = exit_logits(model, batch["input_ids"], batch["attention_mask"], [2])[2]
+    target = batch["labels"][:, 1:]
+    mask = target != -100
+    manual = torch.nn.functional.cross_entropy(logits[:, :-1][mask], target[mask])
+    assert torch.allclose(loss, manual, atol=1e-6)
+    everything = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 128), batch["input_ids"][:, 1:].reshape(-1))
+    assert not torch.allclose(loss, everything, atol=1e-3)
+    # changing a target token changes the loss; the prompt tokens only matter as context
+    targets_only = batch["labels"].clone()
+    targets_only[0, -1] = -100
+    loss2, _ = ExitObjective(model, [2])(batch["input_ids"], batch["attention_mask"], targets_only)
+    assert not torch.allclose(loss, loss2)
+
+
+def _run_cli(args, log: Path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "w") as handle:  # a file, not a pipe: a full pipe would stall the child
+        return subprocess.Popen([sys.executable, str(SCRIPT), *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def _cli_args(tiny_dir, out: Path, extra=()):
+    return ["--model", str(tiny_dir), "--exits", "1,3", "--output-dir", str(out), "--seq-len", "32", "--train-tokens", "2048",
+            "--eval-tokens", "256", "--batch-size", "4", "--max-steps", "10", "--learning-rate", "1e-2", "--init", "random",
+            "--checkpoint-every", "2", "--seed", "3", *extra]
+
+
+def test_cli_outputs_checkpoint_that_generates_with_acd(tiny_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_heads", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "trained"
+    assert module.main(_cli_args(tiny_dir, out, ["--max-steps", "4", "--init", "warm"])) == 0
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "training_metrics.json", "loss.png",
+                 "loss_history.csv", "loss_history.json"):
+        assert (out / name).is_file(), name
+    assert not (tmp_path / "trained.checkpoints").exists()
+    metrics = json.loads((out / "training_metrics.json").read_text())
+    assert set(metrics["after"]) == {"1", "3", "original"} and set(metrics["logit_lens"]) == {"1", "3"}
+    for exit_ in ("1", "3"):
+        assert set(metrics["after"][exit_]) == {"cross_entropy", "perplexity", "top1_accuracy", "tokens"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["lm_head_layer_indices"] == [1, 3] and config["vocab_projection_mode"] == "LAYER_SPECIFIC_PROJECTION"
+    assert (out / "loss_history.csv").read_text().splitlines()[0] == "step,tokens,lr,exit,loss"
+
+    model = AutoMultiExitModel.from_pretrained(out)
+    from multiexit.decoding import generate, parse_decoding
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer(["The bank said"], return_tensors="pt")
+    new = generate(model, parse_decoding("acd", {"lower": 1}), ids["input_ids"], ids["attention_mask"], 6,
+                   eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
+    assert new.shape == (1, 6)
+    # ACD's first token is the argmax of the contrast of the original head and exit 1
+    with torch.no_grad():
+        model.set_multi_exit_config(MultiExitConfiguration(use_original_head=False, contrast_layer_indices="original;1"))
+        first = model(**ids).logits[0, -1].argmax()
+    assert int(new[0, 0]) == int(first)
+
+    assert module.main(_cli_args(tiny_dir, tmp_path / "bad", ["--exits", "1,9"])) == 2
+    assert module.main(_cli_args(tiny_dir, tmp_path / "bad", ["--data", "no_such_corpus"])) == 2
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    reference = tmp_path / "reference"
+    proc = _run_cli(_cli_args(tiny_dir, reference), tmp_path / "reference.log")
+    interrupted = tmp_path / "interrupted"
+    checkpoints = tmp_path / "interrupted.checkpoints"
+    killed = _run_cli(_cli_args(tiny_dir, interrupted, ["--throttle-seconds", "1.0"]), tmp_path / "killed.log")
+    deadline = time.time() + 240
+    while not (checkpoints / "step-00000004" / "state.json").exists():
+        assert killed.poll() is None, (tmp_path / "killed.log").read_text()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (interrupted / "model.safetensors").exists()
+    assert proc.wait(timeout=300) == 0, (tmp_path / "reference.log").read_text()
+    resumed = _run_cli(_cli_args(tiny_dir, interrupted), tmp_path / "resumed.log")
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.log").read_text()
+    assert "resuming from" in (tmp_path / "resumed.log").read_text()
+    metrics = json.loads((interrupted / "training_metrics.json").read_text())
+    assert metrics["training"]["resumed_from_step"] in (4, 6, 8)
+    a, b = load_file(str(reference / "model.safetensors")), load_file(str(interrupted / "model.safetensors"))
+    assert set(a) == set(b)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+    hist_a = json.loads((reference / "loss_history.json").read_text())
+    hist_b = json.loads((interrupted / "loss_history.json").read_text())
+    assert [h["step"] for h in hist_b] == list(range(1, 11))
+    for x, y in zip(hist_a, hist_b):
+        assert abs(x["loss"] - y["loss"]) < 1e-5 and x["tokens"] == y["tokens"]
+
+
+def test_bad_settings_are_rejected():
+    assert parse_exits("12, 6,original") == [6, 12, "original"]
+    with pytest.raises(ValueError, match="exits"):
+        parse_exits("6,six")
+    with pytest.raises(ValueError, match="duplicates"):
+        parse_exits([6, 6])
+    with pytest.raises(ValueError, match="objective"):
+        HeadTrainingConfig(exits=[1], objective="mse")
+    with pytest.raises(ValueError, match="init"):
+        HeadTrainingConfig(exits=[1], init="zeros")
+    with pytest.raises(ValueError, match="original"):
+        HeadTrainingConfig(exits=[1, "original"], objective="kl")
+    with pytest.raises(ValueError, match="max_steps and max_tokens"):
+        HeadTrainingConfig(exits=[1], max_steps=3, max_tokens=100)
+    with pytest.raises(ValueError, match="corpus"):
+        load_token_chunks("definitely/not/here.txt", None, 16)
+
+
+def test_cli_task_mode_counts_only_target_tokens(tiny_dir, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_heads", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = tmp_path / "task.jsonl"
+    rows = [{"question": f"Question {i}: where did the fire start", "answer": f" near the road {i % 3}"} for i in range(20)]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "task_model"
+    args = ["--model", str(tiny_dir), "--exits", "2", "--output-dir", str(out), "--task-data", str(data),
+            "--prompt-field", "question", "--target-field", "answer", "--task-eval-fraction", "0.2", "--batch-size", "4",
+            "--max-steps", "4", "--learning-rate", "1e-2", "--unfreeze-base"]
+    assert module.main(args) == 0
+    metrics = json.loads((out / "training_metrics.json").read_text())
+    assert metrics["data"]["train_examples"] == 16 and metrics["data"]["heldout_examples"] == 4
+    # 4 steps x 4 examples = one pass over the 16 training examples: exactly their target tokens count
+    assert metrics["training"]["tokens"] == metrics["data"]["train_target_tokens"]
+    assert metrics["after"]["2"]["tokens"] < metrics["data"]["train_target_tokens"]
