@@ -175,8 +175,13 @@ class MultiExitMixin:
 
     # ------------------------------------------------------------------ forward
     def forward(self, *args, **kwargs):
+        """The configured output: original head, one exit (output_layer_index) or ACD (contrast_layer_indices).
+
+        Takes the base model's arguments. With ``labels`` (and use_original_head=False) the loss is
+        the sum over trained exits of the next-token cross-entropy; per-exit values in ``exit_losses``.
+        """
         if self.multi_exit_config.use_original_head:
-            return super().forward(*args, **kwargs)
+            return self.multi_exit_base_class.forward(self, *args, **kwargs)
         bound = self._base_signature().bind(self, *args, **kwargs)
         arguments = dict(bound.arguments)
         arguments.pop("self", None)
@@ -256,10 +261,17 @@ def _replace(config: MultiExitConfiguration, **changes) -> MultiExitConfiguratio
 @functools.cache
 def multi_exit_class(base_class: type) -> type:
     """The multi-exit subclass of an HF causal-LM class (one per base class)."""
+
+    def forward(self, *args, **kwargs):
+        return MultiExitMixin.forward(self, *args, **kwargs)
+
+    # generate() inspects forward's signature (e.g. to build position_ids for left padding): expose the base one
+    forward.__signature__ = inspect.signature(base_class.forward)
+    forward.__doc__ = MultiExitMixin.forward.__doc__
     return type(
         f"MultiExit{base_class.__name__}",
         (MultiExitMixin, base_class),
-        {"multi_exit_base_class": base_class, "__module__": __name__},
+        {"multi_exit_base_class": base_class, "__module__": __name__, "forward": forward},
     )
 
 
