@@ -15,7 +15,7 @@ from multiexit.baselines import dola
 from multiexit.decoding import generate, parse_decoding, seed_everything
 
 PAD, EOS = 0, 2
-NEW = 10
+NEW = 8
 
 
 def tiny_model(family="llama", seed=0, layers=6, vocab=128):
@@ -90,7 +90,8 @@ METHOD_CASES = [
     ("dola", {"layers": "low"}),
     ("dola", {"layers": [0, 1, 2, 3, 4, 5], "repetition_penalty": 1.0, "final_norm": True}),
     ("contrastive_decoding", {"num_beams": 1}),
-    ("contrastive_decoding", {"num_beams": 3, "amateur_context": "full", "amateur_temperature": 1.0}),
+    pytest.param("contrastive_decoding", {"num_beams": 3, "amateur_context": "full", "amateur_temperature": 1.0},
+                 marks=pytest.mark.slow),
 ]
 
 
@@ -112,7 +113,8 @@ def test_batch_equals_single_prompt(expert, amateur_dir, method, params):
         assert first[: first.index(eos) + 1] == free[0, : first.index(eos) + 1].tolist()
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gemma3", "opt"])
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt2", "gemma3"])
 def test_other_families_batched(family):
     # gemma3: sliding-window cache layers are repeated and selected too (window 8 < prompt + new tokens)
     model = tiny_model(family, seed=3, layers=4)
@@ -164,7 +166,9 @@ def test_contrastive_decoding_identical_amateur_ties_resolve_to_expert_greedy(ex
 
 def test_dola_choice_independent_of_batch_neighbours(expert):
     target, *others = prompts((5, 9, 3, 7, 4), seed=5)
-    params = {"layers": [0, 1, 2, 3, 4, 5], "repetition_penalty": 1.0}
+    # with these candidates the target (alone) switches from layer 2 to 3 while its neighbours stay on 2,
+    # so a batch-averaged divergence would change the target's choices
+    params = {"layers": [2, 3, 4, 5], "repetition_penalty": 1.0}
     results = []
     for neighbours in ([], others[:2], others[2:], others):
         out = run(expert, "dola", params, [*neighbours, target])
@@ -178,8 +182,16 @@ def test_dola_choice_independent_of_batch_neighbours(expert):
     run(expert, "dola", params, [*others, target])
     all_choices = dola.last_run_choices()
     assert len({tuple(row.tolist()) for row in all_choices}) > 1
+    assert len(set(alone_choices.tolist())) > 1
     counts = last_run_info({"method": "dola", "params": params})["premature_layer_counts"]
     assert sum(counts.values()) == all_choices.numel()
+
+
+def test_dola_choice_is_per_row():
+    final = torch.tensor([[4.0, 3.0, 0.0, -5.0], [0.0, 3.0, 4.0, -5.0]])
+    premature = torch.stack([final[[0, 0]], final[[1, 1]]], dim=1)  # candidate 0 = row 0's final, candidate 1 = row 1's
+    _, choice = dola.dola_scores(final, premature, 0.1)
+    assert choice.tolist() == [1, 0]  # each row picks the candidate that diverges from ITS final distribution
 
 
 def test_dola_buckets():
