@@ -9,6 +9,7 @@
 # key stops the run here, naming the key. See docs/pipeline.md.
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from multiexit.pipeline import build_plan  # noqa: E402
-from multiexit.pipeline.grid import to_json  # noqa: E402
+from multiexit.pipeline.grid import cli_options, to_json  # noqa: E402
 
 
 # The offline demo is the default config; with --configfile only the given files count (Snakemake

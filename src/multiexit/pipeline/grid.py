@@ -297,11 +297,67 @@ class Plan:
     def score_jobs(self) -> list[tuple[str, str, str]]:
         return [(model, dataset, s.label) for model, items in self.settings.items() for s in items for dataset in self.datasets]
 
+    def lm_eval_data(self, task: str) -> str:
+        return f"{self.results}/lm_eval_data/{task}.jsonl"
+
+    def lm_eval_task(self, task: str) -> dict:
+        for run in self.lm_eval_runs:
+            if run.task == task:
+                return run.options
+        raise KeyError(f"no lm-eval task {task!r}")
+
+    def lm_eval_task_spec(self, task: str) -> str:
+        """The --tasks entry of scripts/lm_eval_run.py: a task name or NAME=KIND:PATH."""
+        options = self.lm_eval_task(task)
+        if options.get("kind") is None:
+            return task
+        data = options.get("data") or self.lm_eval_data(task)
+        return f"{task}={options['kind']}:{data}"
+
+    def lm_eval_task_inputs(self, task: str) -> list[str]:
+        options = self.lm_eval_task(task)
+        if options.get("kind") is None:
+            return []
+        return [options.get("data") or self.lm_eval_data(task)]
+
+    def lm_eval_model_args(self, model: str, task: str, variant: str) -> str:
+        args = {"pretrained": self.model_dir(model), **self.lm_eval_run(model, task, variant).model_args}
+        return ",".join(f"{k}={v}" for k, v in args.items())
+
+    def lm_eval_options(self) -> str:
+        import shlex
+
+        lm = self.config["lm_eval"]
+        device = self.config["device"]
+        if device == "auto":  # lm-eval wants a concrete device: a GPU job gets cuda
+            device = "cuda" if self.config["resources"]["lm_eval"]["gpu"] else "cpu"
+        options = {"batch_size": self.config["resources"]["lm_eval"]["batch_size"], "num_fewshot": lm["num_fewshot"],
+                   "limit": lm["limit"], "device": device}
+        return " ".join(shlex.quote(part) for part in cli_options(options))
+
     def lm_eval_run(self, model: str, task: str, variant: str) -> LmEvalRun:
         for run in self.lm_eval_runs:
             if (run.model, run.task, run.variant) == (model, task, variant):
                 return run
         raise KeyError(f"no lm-eval run {model}/{task}/{variant}")
+
+    def cast_layers(self, model: str) -> list[int]:
+        cast = self.models[model]["cast"]
+        if cast["layers"] == "exits":
+            return [layer for layer in self.models[model]["exits"] if layer < self.models[model]["num_layers"]]
+        return list(cast["layers"])
+
+    def cast_options(self, model: str) -> str:
+        import shlex
+
+        options = {"batch_size": self.config["resources"]["fit_cast"]["batch_size"],
+                   **self.resolve_refs(self.models[model]["cast"]["options"])}
+        if self.config["device"] != "auto":
+            options.setdefault("device", self.config["device"])
+        return " ".join(shlex.quote(part) for part in cli_options(options))
+
+    def cast_input(self, model: str) -> str:
+        return self.heads_dir(model) if self.trains_heads(model) else self.base_dir(model)
 
     def training_models(self) -> list[str]:
         return [m for m in self.models if self.trains_heads(m)]
@@ -452,6 +508,29 @@ def cli_options(options: dict) -> list[str]:
     return argv
 
 
+class _Parsed(Exception):
+    pass
+
+
+def _parse_only(main, argv: list[str]) -> None:
+    """Run a script's ``main(argv)`` only up to its argument parsing (which raises SystemExit on error)."""
+    import argparse
+
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        original(self, args, namespace)
+        raise _Parsed
+
+    argparse.ArgumentParser.parse_args = parse_then_stop
+    try:
+        main(argv)
+    except _Parsed:
+        pass
+    finally:
+        argparse.ArgumentParser.parse_args = original
+
+
 def check_script_options(script: str | Path, fixed: list[str], options: dict, key: str) -> None:
     """Parse ``fixed + options`` with ``script``'s own argparse parser (``build_parser``); no work is run.
 
@@ -467,11 +546,14 @@ def check_script_options(script: str | Path, fixed: list[str], options: dict, ke
     spec = importlib.util.spec_from_file_location(f"_pipeline_check_{script.stem}", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    parser = module.build_parser()
     errors = io.StringIO()
+    argv = fixed + cli_options(options)
     try:
         with contextlib.redirect_stderr(errors):
-            parser.parse_args(fixed + cli_options(options))
+            if hasattr(module, "build_parser"):
+                module.build_parser().parse_args(argv)
+            else:
+                _parse_only(module.main, argv)
     except SystemExit:
         text = errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else "invalid options"
         flags = re.findall(r"--([a-z0-9-]+)", text)
@@ -540,6 +622,9 @@ def build_plan(config: dict, schema: dict | str | Path | None = None, *, validat
             for i, layer in enumerate([] if cast["layers"] == "exits" else cast["layers"]):
                 if layer >= spec["num_layers"]:
                     raise ConfigError(f"{key}.cast.layers[{i}]", f"layer {layer} must be below the top layer {spec['num_layers']}")
+            _check_model_refs(cast["options"], models, f"{key}.cast.options")
+            check_script_options(SCRIPTS_DIR / "fit_cast.py", ["--model", "m", "--layers", "1", "--output-dir", "o"],
+                                 cast["options"], f"{key}.cast.options")
         _check_model_refs(spec["train"], models, f"{key}.train")
         if spec["exits"] and not spec["multi_exit_checkpoint"]:
             fixed = ["--model", "m", "--exits", ",".join(map(str, spec["exits"])), "--output-dir", "o"]
@@ -612,10 +697,18 @@ def build_plan(config: dict, schema: dict | str | Path | None = None, *, validat
             raise ConfigError(f"lm_eval.models[{j}]", f"unknown model {model!r}; known: {', '.join(models)}")
     for t, task in enumerate(lm["tasks"]):
         task = {"name": task} if isinstance(task, str) else dict(task)
-        name = task.pop("name")
-        if not _NAME_OK.match(name):
-            raise ConfigError(f"lm_eval.tasks[{t}].name", f"{name!r} is not a usable path component")
-        _check_model_refs(task, models, f"lm_eval.tasks[{t}]")
+        name = task["name"]
+        if task.get("kind") is not None:
+            if task.get("data") is None and task["kind"] != "lambada_local":
+                raise ConfigError(f"lm_eval.tasks[{t}].data", f"a {task['kind']} task needs its data file")
+            if task.get("data") is not None and task.get("build") is not None:
+                raise ConfigError(f"lm_eval.tasks[{t}].build", "give either `data` or `build`, not both")
+            if task.get("data") is None:
+                task.setdefault("build", {})
+                check_script_options(SCRIPTS_DIR / "make_lambada_local.py", ["--output", "o"], task["build"],
+                                     f"lm_eval.tasks[{t}].build")
+        if any(r.task == name for r in runs):
+            raise ConfigError(f"lm_eval.tasks[{t}].name", f"task {name!r} is listed twice")
         for model in lm_models:
             spec = models[model]
             variants: list[tuple[str, dict]] = []
@@ -636,6 +729,8 @@ def build_plan(config: dict, schema: dict | str | Path | None = None, *, validat
                 if mode is not None and not args.get("use_original_head"):
                     args = {**args, "vocab_projection_mode": mode}
                 runs.append(LmEvalRun(model, name, variant, args, task))
+            if not variants:
+                raise ConfigError("lm_eval", "no output to score: set original, exits or acd")
 
     plan = Plan(config=config, models=models, settings=settings, datasets=config["datasets"], lm_eval_runs=runs)
     return plan

@@ -48,7 +48,11 @@ def _read_json(path: str | Path) -> dict:
 def generation_rows(manifest: dict) -> list[dict]:
     rows = []
     for entry in manifest["generations"]:
-        scores = _read_json(entry["scores"])
+        data = _read_json(entry["scores"])
+        scores = dict(data.get("metrics", data))
+        generation = data.get("generation") or {}
+        if _number(generation.get("tokens_per_second")) is not None:
+            scores["tokens_per_second"] = generation["tokens_per_second"]
         params = entry["params"]
         layer = params.get("layer") if entry["method"] == "exit" else None
         upper = params.get("upper") if entry["method"] == "acd" else None
@@ -228,7 +232,8 @@ def write_tables(manifest: dict, output_dir: str | Path) -> dict[str, Path]:
     if not rows:
         caption += " No generation results in this grid."
     paths["generation_md"] = write_text_atomic(output_dir / "generation.md", f"{caption}\n\n" + markdown_table(header, rows))
-    paths["generation_tex"] = write_text_atomic(output_dir / "generation.tex", latex_table(header, rows, caption, "tab:generation", 2, groups))
+    tex_header = header[:2] + [METRIC_NAMES.get(m, m) for _ in groups[1:] for m in metrics]
+    paths["generation_tex"] = write_text_atomic(output_dir / "generation.tex", latex_table(tex_header, rows, caption, "tab:generation", 2, groups))
 
     bmetrics = manifest["tables"]["benchmark_metrics"]
     header, rows = benchmark_table(frame, bmetrics)
