@@ -114,7 +114,7 @@ start_munge() {
 write_config() {
     local cpus mem_total real_mem def_mem
     cpus="$(nproc)"
-    mem_total="$(free -m | awk '/^Mem:/ {print $2}')"
+    mem_total="$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)"  # MB, as `free -m` reports
     # Stay below the physical memory slurmd detects, or it drains the node ("Low RealMemory").
     real_mem=$((mem_total * 90 / 100))
     # A job that asks for no memory gets its share per CPU instead of the whole node.
