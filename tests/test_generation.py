@@ -246,3 +246,27 @@ def test_cli_generates_and_rejects_bad_input(tmp_path, tiny_model_dir):
     for flag in ("--model", "--method", "--params", "--dataset", "--shard", "--num-shards", "--batch-size", "--seed",
                  "--max-new-tokens", "--device", "--output", "--merge", "acd", "gensim-lee"):
         assert flag in helptext
+
+
+REQUIRED_EXAMPLES = {
+    "acd": {"lower": 2, "vocab_projection_mode": "shared_projection_direct"},
+    "exit": {"layer": 2, "vocab_projection_mode": "shared_projection_direct"},
+}
+
+
+def test_every_registered_method_runs_the_same_way(tmp_path, tiny_model_dir, tiny_loaded):
+    """Built-in and baseline methods (registered into multiexit.decoding) go through one code path."""
+    from multiexit.decoding import METHODS
+
+    examples = {**REQUIRED_EXAMPLES, "contrastive_decoding": {"amateur": tiny_model_dir}}
+    dataset = {**DATASET, "num_prompts": 2}
+    for name, spec in sorted(METHODS.items()):
+        params = examples.get(name, {})
+        if set(spec.required) - set(params):
+            continue  # a method registered later whose required parameters this test cannot guess
+        run = make_run(tiny_model_dir, name, params, dataset, max_new_tokens=3, batch_size=2)
+        out = run_generation(run, tmp_path / f"{name}.jsonl", progress=False, model_and_tokenizer=tiny_loaded)
+        rows = read_jsonl(out)
+        assert len(rows) == 2 and all(r["n_new_tokens"] <= 3 for r in rows), name
+        meta = json.loads(meta_path(out).read_text())
+        assert meta["settings"]["decoding"] == {"method": name, "params": {**spec.defaults, **params}}, name
