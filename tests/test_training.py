@@ -299,3 +299,39 @@ def test_cli_task_mode_counts_only_target_tokens(tiny_dir, tmp_path):
     # 4 steps x 4 examples = one pass over the 16 training examples: exactly their target tokens count
     assert metrics["training"]["tokens"] == metrics["data"]["train_target_tokens"]
     assert metrics["after"]["2"]["tokens"] < metrics["data"]["train_target_tokens"]
+
+
+def test_text_data_formats_split_and_seed(tmp_path, tiny_dir):
+    import lzma
+
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    from multiexit.text_data import _blocks, buffer_shuffle
+
+    blocks = tmp_path / "blocks.txt"
+    blocks.write_text("first doc\nstill first\n\nsecond doc\n\n\nthird doc\n")
+    assert read_local_documents(blocks) == ["first doc\nstill first", "second doc", "third doc"]
+    lines = tmp_path / "lines.cor"
+    lines.write_text("one\ntwo\nthree\n")
+    assert read_local_documents(lines) == ["one", "two", "three"]
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text('{"text": "a b"}\n{"text": "c"}\n')
+    assert read_local_documents(jsonl) == ["a b", "c"]
+    # CC-100's format through the real `datasets` streaming text builder (xz-compressed, as on data.statmt.org)
+    packed = tmp_path / "en.txt.xz"
+    packed.write_bytes(lzma.compress(blocks.read_bytes()))
+    stream = load_dataset("text", data_files={"train": str(packed)}, split="train", streaming=True)
+    assert list(_blocks(row["text"] for row in stream)) == read_local_documents(blocks)
+    shuffled = list(buffer_shuffle(map(str, range(50)), 8, seed=1))
+    assert sorted(shuffled, key=int) == list(map(str, range(50))) and shuffled != list(map(str, range(50)))
+    assert shuffled == list(buffer_shuffle(map(str, range(50)), 8, seed=1))
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    a = load_token_chunks("lee_background", tokenizer, 16, train_tokens=320, eval_tokens=64, seed=5)
+    b = load_token_chunks("lee_background", tokenizer, 16, train_tokens=320, eval_tokens=64, seed=5)
+    c = load_token_chunks("lee_background", tokenizer, 16, train_tokens=320, eval_tokens=64, seed=6)
+    assert a.train.shape == (20, 16) and a.heldout.shape == (4, 16)
+    assert torch.equal(a.train, b.train) and torch.equal(a.heldout, b.heldout) and not torch.equal(a.train, c.train)
+    short = load_token_chunks(str(lines), tokenizer, 4, seed=0)  # whole local corpus: documents joined with EOS
+    assert (short.train == tokenizer.eos_token_id).sum() >= 2

@@ -13,8 +13,8 @@ A corpus is named by a short spec string:
   blank lines holds one document per line), ``.jsonl`` (a ``text`` field per line), a folder =
   all such files in sorted order. Several specs can be joined with ``+``.
 
-Documents are shuffled with the seed where the whole corpus is local (streams are read in order,
-optionally through a seeded shuffle buffer), the first documents up to ``eval_tokens`` form the
+Documents are shuffled with the seed where the whole corpus is local (streams go through a seeded
+shuffle buffer of documents), the first documents up to ``eval_tokens`` form the
 held-out slice and the rest the training slice; each slice is concatenated (EOS between
 documents) and cut into ``seq_len``-token chunks (the remainder is dropped).
 """
@@ -105,23 +105,38 @@ def _wikitext_articles(rows: Iterable[dict]) -> Iterator[str]:
         yield "".join(article).strip()
 
 
+def buffer_shuffle(items: Iterable[str], buffer_size: int, seed: int) -> Iterator[str]:
+    """Seeded shuffle of a stream through a buffer of ``buffer_size`` items (as ``datasets`` does for rows)."""
+    rng = random.Random(seed)
+    buffer: list[str] = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        index = rng.randrange(buffer_size)
+        yield buffer[index]
+        buffer[index] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
 def stream_hub_documents(spec: str, seed: int = 0, shuffle_buffer: int = 0) -> Iterator[str]:
-    """Documents of a streamed Hub corpus (``cc100[:lang]``, ``wikitext-103``, ``hub:...``)."""
+    """Documents of a streamed Hub corpus (``cc100[:lang]``, ``wikitext-103``, ``hub:...``).
+
+    Documents are assembled first (blank-line blocks for CC-100, articles for wikitext) and then
+    shuffled through a seeded buffer of ``shuffle_buffer`` documents (0: stream order).
+    """
     from datasets import load_dataset
 
     name = spec
     if name.startswith("cc100"):
         lang = name.split(":", 1)[1] if ":" in name else "en"
         dataset = load_dataset("text", data_files={"train": CC100_URL.format(lang=lang)}, split="train", streaming=True)
-        if shuffle_buffer:
-            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
-            return (row["text"] for row in dataset if row["text"].strip())
-        return _blocks(row["text"] for row in dataset)
-    if name in ("wikitext-103", "wikitext-2"):
-        config = f"{name}-raw-v1"
-        dataset = load_dataset("Salesforce/wikitext", config, split="train", streaming=True)
-        return _wikitext_articles(dataset)
-    if name.startswith("hub:"):
+        docs = _blocks(row["text"] for row in dataset)
+    elif name in ("wikitext-103", "wikitext-2"):
+        dataset = load_dataset("Salesforce/wikitext", f"{name}-raw-v1", split="train", streaming=True)
+        docs = _wikitext_articles(dataset)
+    elif name.startswith("hub:"):
         rest = name[4:]
         field = "text"
         if "#" in rest:
@@ -131,10 +146,10 @@ def stream_hub_documents(spec: str, seed: int = 0, shuffle_buffer: int = 0) -> I
             rest, split = rest.split("@", 1)
         dataset_name, _, config = rest.partition(":")
         dataset = load_dataset(dataset_name, config or None, split=split, streaming=True)
-        if shuffle_buffer:
-            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
-        return (str(row[field]) for row in dataset if str(row[field]).strip())
-    raise ValueError(f"corpus: unknown Hub corpus {spec!r}")
+        docs = (str(row[field]) for row in dataset if str(row[field]).strip())
+    else:
+        raise ValueError(f"corpus: unknown Hub corpus {spec!r}")
+    return buffer_shuffle(docs, shuffle_buffer, seed) if shuffle_buffer else docs
 
 
 def is_hub_spec(spec: str) -> bool:
