@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from multiexit.pipeline import build_plan  # noqa: E402
 from multiexit.pipeline.grid import cli_options, to_json  # noqa: E402
 
-
 # The offline demo is the default config; with --configfile only the given files count (Snakemake
 # would otherwise merge their `models`/`datasets` mappings into the demo's).
 if not workflow.overwrite_configfiles:
@@ -30,30 +29,13 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-PLAN = build_plan(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
+PLAN = build_plan(
+    config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+)
 config.update(PLAN.config)  # defaults filled in
 R = PLAN.results
 ENV = "../envs/multiexit.yaml"  # relative to workflow/rules/*.smk
 SCRIPTS = os.path.relpath(Path(workflow.basedir) / "scripts")
-
-
-def stage_threads(stage):
-    return PLAN.config["resources"][stage]["threads"]
-
-
-def stage_resources(stage):
-    """Resources of a stage for rules' resources: (slurm plugin keys: gpu, gpu_model, mem_mb, runtime)."""
-    spec = PLAN.config["resources"][stage]
-    out = {"mem_mb": spec["mem_mb"], "runtime": spec["runtime"]}
-    if spec["gpu"]:
-        out["gpu"] = spec["gpu"]
-        if spec.get("gpu_model"):
-            out["gpu_model"] = spec["gpu_model"]
-    return out
-
-
-def batch_size(stage):
-    return PLAN.config["resources"][stage]["batch_size"]
 
 
 wildcard_constraints:
@@ -65,6 +47,7 @@ wildcard_constraints:
     shard=r"\d+",
 
 
+include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare_models.smk"
 include: "workflow/rules/train_heads.smk"
 include: "workflow/rules/fit_cast.smk"

@@ -2,13 +2,6 @@
 # and lm-eval), per-exit training loss curves, diversity-MAUVE scatter of methods.
 
 
-def figure_output(name, fmt):
-    path = f"{R}/figures/{name}.{fmt}"
-    if fmt == "png":
-        return report(path, caption=f"../report/{name}.rst", category="Figures")
-    return path
-
-
 rule figures:
     input:
         unpack(table_inputs),
@@ -22,13 +15,15 @@ rule figures:
         f"{R}/logs/figures.log",
     benchmark:
         f"{R}/benchmarks/figures.tsv"
-    params:
-        formats=",".join(PLAN.config["figures"]["formats"]),
+    conda:
+        ENV
     threads: stage_threads("figures")
     resources:
         **stage_resources("figures"),
-    conda:
-        ENV
+    params:
+        outdir=lambda wc, output: os.path.dirname(output[0]),
+        script=f"{SCRIPTS}/make_figures.py",
+        formats=",".join(PLAN.config["figures"]["formats"]),
     shell:
-        "python {SCRIPTS}/make_figures.py --manifest {input.manifest:q}"
-        " --output-dir {R}/figures --formats {params.formats} > {log:q} 2>&1"
+        "python {params.script} --manifest {input.manifest:q}"
+        " --output-dir {params.outdir:q} --formats {params.formats} > {log:q} 2>&1"

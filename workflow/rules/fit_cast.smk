@@ -15,15 +15,16 @@ rule fit_cast:
         f"{R}/logs/fit_cast/{{model}}.log",
     benchmark:
         f"{R}/benchmarks/fit_cast/{{model}}.tsv"
-    params:
-        layers=lambda wc: ",".join(map(str, PLAN.cast_layers(wc.model))),
-        options=lambda wc: PLAN.cast_options(wc.model),
+    conda:
+        ENV
     threads: stage_threads("fit_cast")
     resources:
         **stage_resources("fit_cast"),
-    conda:
-        ENV
+    params:
+        script=f"{SCRIPTS}/fit_cast.py",
+        layers=lambda wc: ",".join(map(str, PLAN.cast_layers(wc.model))),
+        options=lambda wc: PLAN.cast_options(wc.model),
     shell:
-        "python {SCRIPTS}/fit_cast.py --model {input.model:q} --layers {params.layers}"
+        "python {params.script} --model {input.model:q} --layers {params.layers}"
         " --output-dir {output.checkpoint:q} --metrics {output.metrics:q}"
         " {params.options} > {log:q} 2>&1"

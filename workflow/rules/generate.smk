@@ -2,15 +2,6 @@
 # results/<model>/generations/<dataset>/<setting label>/shard-<i>.jsonl (+ .meta.json sidecar)
 
 
-def generation_inputs(wc):
-    setting = PLAN.setting(wc.model, wc.label)
-    return {
-        "model": PLAN.model_dir(wc.model),
-        "refs": PLAN.referenced_model_dirs(setting.params)
-        + PLAN.referenced_model_dirs(PLAN.datasets[wc.dataset]),
-    }
-
-
 rule generate:
     input:
         unpack(generation_inputs),
@@ -21,7 +12,13 @@ rule generate:
         f"{R}/logs/generate/{{model}}/{{dataset}}/{{label}}/shard-{{shard}}.log",
     benchmark:
         f"{R}/benchmarks/generate/{{model}}/{{dataset}}/{{label}}/shard-{{shard}}.tsv"
+    conda:
+        ENV
+    threads: stage_threads("generate")
+    resources:
+        **stage_resources("generate"),
     params:
+        script=f"{SCRIPTS}/generate.py",
         method=lambda wc: PLAN.setting(wc.model, wc.label).method,
         decoding=lambda wc: to_json(
             PLAN.resolve_refs(PLAN.setting(wc.model, wc.label).params)
@@ -32,13 +29,8 @@ rule generate:
         new_tokens=lambda wc: PLAN.datasets[wc.dataset]["new_tokens"],
         batch_size=batch_size("generate"),
         device=config["device"],
-    threads: stage_threads("generate")
-    resources:
-        **stage_resources("generate"),
-    conda:
-        ENV
     shell:
-        "python {SCRIPTS}/generate.py --model {input.model:q} --method {params.method}"
+        "python {params.script} --model {input.model:q} --method {params.method}"
         " --params {params.decoding:q} --dataset {params.dataset:q}"
         " --shard {wildcards.shard} --num-shards {params.num_shards}"
         " --batch-size {params.batch_size} --seed {params.seed}"
@@ -60,11 +52,13 @@ rule merge_generations:
         f"{R}/logs/merge_generations/{{model}}/{{dataset}}/{{label}}.log",
     benchmark:
         f"{R}/benchmarks/merge_generations/{{model}}/{{dataset}}/{{label}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         **stage_resources("tables"),
-    conda:
-        ENV
+    params:
+        script=f"{SCRIPTS}/generate.py",
     shell:
-        "python {SCRIPTS}/generate.py --merge {input:q} --output {output.generations:q}"
+        "python {params.script} --merge {input:q} --output {output.generations:q}"
         " > {log:q} 2>&1"

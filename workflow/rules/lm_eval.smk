@@ -11,21 +11,21 @@ rule build_lm_eval_data:
         f"{R}/logs/build_lm_eval_data/{{task}}.log",
     benchmark:
         f"{R}/benchmarks/build_lm_eval_data/{{task}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        **stage_resources("tables"),
     params:
+        script=f"{SCRIPTS}/make_lambada_local.py",
         options=lambda wc: " ".join(
             shlex.quote(part)
             for part in cli_options(
                 PLAN.resolve_refs(PLAN.lm_eval_task(wc.task).get("build") or {})
             )
         ),
-    threads: 1
-    resources:
-        **stage_resources("tables"),
-    conda:
-        ENV
     shell:
-        "python {SCRIPTS}/make_lambada_local.py --output {output:q} {params.options}"
-        " > {log:q} 2>&1"
+        "python {params.script} --output {output:q} {params.options}" " > {log:q} 2>&1"
 
 
 rule lm_eval:
@@ -38,17 +38,18 @@ rule lm_eval:
         f"{R}/logs/lm_eval/{{model}}/{{task}}/{{variant}}.log",
     benchmark:
         f"{R}/benchmarks/lm_eval/{{model}}/{{task}}/{{variant}}.tsv"
+    conda:
+        ENV
+    threads: stage_threads("lm_eval")
+    resources:
+        **stage_resources("lm_eval"),
     params:
+        script=f"{SCRIPTS}/lm_eval_run.py",
         model_args=lambda wc: PLAN.lm_eval_model_args(wc.model, wc.task, wc.variant),
         task=lambda wc: PLAN.lm_eval_task_spec(wc.task),
         options=PLAN.lm_eval_options(),
         seed=config["seeds"][0],
-    threads: stage_threads("lm_eval")
-    resources:
-        **stage_resources("lm_eval"),
-    conda:
-        ENV
     shell:
-        "python {SCRIPTS}/lm_eval_run.py --model-args {params.model_args:q}"
+        "python {params.script} --model-args {params.model_args:q}"
         " --tasks {params.task:q} --output {output:q} {params.options}"
         " --seed {params.seed} --threads {threads} > {log:q} 2>&1"

@@ -10,7 +10,13 @@ rule prepare_model:
         f"{R}/logs/prepare_model/{{model}}.log",
     benchmark:
         f"{R}/benchmarks/prepare_model/{{model}}.tsv"
+    conda:
+        ENV
+    threads: stage_threads("prepare_model")
+    resources:
+        **stage_resources("prepare_model"),
     params:
+        script=f"{SCRIPTS}/prepare_model.py",
         source=lambda wc: PLAN.models[wc.model]["source"],
         num_layers=lambda wc: PLAN.models[wc.model]["num_layers"],
         exits=lambda wc: ";".join(map(str, PLAN.models[wc.model]["exits"])),
@@ -19,12 +25,7 @@ rule prepare_model:
             if PLAN.models[wc.model]["multi_exit_checkpoint"]
             else ""
         ),
-    threads: stage_threads("prepare_model")
-    resources:
-        **stage_resources("prepare_model"),
-    conda:
-        ENV
     shell:
-        "python {SCRIPTS}/prepare_model.py --source {params.source:q} --output {output:q}"
+        "python {params.script} --source {params.source:q} --output {output:q}"
         " --num-layers {params.num_layers} --exits {params.exits:q} {params.checkpoint}"
         " > {log:q} 2>&1"

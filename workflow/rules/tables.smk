@@ -19,16 +19,6 @@ rule manifest:
         write_json_atomic(output[0], params.manifest)
 
 
-def table_inputs(wc):
-    return {
-        "manifest": f"{R}/manifest.json",
-        "scores": [row["scores"] for row in PLAN.manifest()["generations"]],
-        "lm_eval": [row["path"] for row in PLAN.manifest()["lm_eval"]],
-        "training": [PLAN.training_report(m) for m in PLAN.training_models()],
-        "history": [PLAN.training_history(m) for m in PLAN.training_models()],
-    }
-
-
 rule tables:
     input:
         unpack(table_inputs),
@@ -54,11 +44,14 @@ rule tables:
         f"{R}/logs/tables.log",
     benchmark:
         f"{R}/benchmarks/tables.tsv"
+    conda:
+        ENV
     threads: stage_threads("tables")
     resources:
         **stage_resources("tables"),
-    conda:
-        ENV
+    params:
+        outdir=lambda wc, output: os.path.dirname(output.csv),
+        script=f"{SCRIPTS}/make_tables.py",
     shell:
-        "python {SCRIPTS}/make_tables.py --manifest {input.manifest:q}"
-        " --output-dir {R}/tables > {log:q} 2>&1"
+        "python {params.script} --manifest {input.manifest:q}"
+        " --output-dir {params.outdir:q} > {log:q} 2>&1"

@@ -19,17 +19,18 @@ rule train_heads:
         f"{R}/logs/train_heads/{{model}}.log",
     benchmark:
         f"{R}/benchmarks/train_heads/{{model}}.tsv"
-    params:
-        exits=lambda wc: ",".join(map(str, PLAN.models[wc.model]["exits"])),
-        options=lambda wc: PLAN.train_options(wc.model),
-        checkpoints=lambda wc: f"{R}/{wc.model}/heads.checkpoints",
+    conda:
+        ENV
     threads: stage_threads("train_heads")
     resources:
         **stage_resources("train_heads"),
-    conda:
-        ENV
+    params:
+        script=f"{SCRIPTS}/train_heads.py",
+        exits=lambda wc: ",".join(map(str, PLAN.models[wc.model]["exits"])),
+        options=lambda wc: PLAN.train_options(wc.model),
+        checkpoints=lambda wc: f"{R}/{wc.model}/heads.checkpoints",
     shell:
-        "python {SCRIPTS}/train_heads.py --model {input.model:q} --exits {params.exits}"
+        "python {params.script} --model {input.model:q} --exits {params.exits}"
         " --output-dir {output.checkpoint:q} --metrics {output.metrics:q}"
         " --loss-json {output.history:q} --loss-csv {output.history_csv:q}"
         " --loss-plot {output.plot:q} --checkpoint-dir {params.checkpoints:q}"
