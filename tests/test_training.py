@@ -228,6 +228,7 @@ def test_cli_outputs_checkpoint_that_generates_with_acd(tiny_dir, tmp_path):
     assert module.main(_cli_args(tiny_dir, tmp_path / "bad", ["--data", "no_such_corpus"])) == 2
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tiny_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -335,3 +336,30 @@ def test_text_data_formats_split_and_seed(tmp_path, tiny_dir):
     assert torch.equal(a.train, b.train) and torch.equal(a.heldout, b.heldout) and not torch.equal(a.train, c.train)
     short = load_token_chunks(str(lines), tokenizer, 4, seed=0)  # whole local corpus: documents joined with EOS
     assert (short.train == tokenizer.eos_token_id).sum() >= 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one_process_with_the_global_batch(tiny_dir, tmp_path):
+    """Data-parallel with no code change: torchrun x2 (batch 4 each) == one process with batch 8."""
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["--model", str(tiny_dir), "--exits", "1,3", "--seq-len", "32", "--train-tokens", "4096", "--eval-tokens", "256",
+              "--max-steps", "6", "--learning-rate", "1e-2", "--cpu"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
+    two = subprocess.run([*torchrun, str(SCRIPT), *common, "--batch-size", "4", "--output-dir", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=400)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(SCRIPT), *common, "--batch-size", "8", "--output-dir", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=400)
+    assert one.returncode == 0, one.stderr[-3000:]
+    m2 = json.loads((tmp_path / "two" / "training_metrics.json").read_text())
+    assert m2["training"]["num_processes"] == 2
+    h2 = json.loads((tmp_path / "two" / "loss_history.json").read_text())
+    h1 = json.loads((tmp_path / "one" / "loss_history.json").read_text())
+    assert [h["tokens"] for h in h2] == [h["tokens"] for h in h1]
+    assert [h["lr"] for h in h2] == pytest.approx([h["lr"] for h in h1])  # one scheduler step per global step
+    assert [h["loss"] for h in h2] == pytest.approx([h["loss"] for h in h1], abs=1e-5)
+    a, b = load_file(str(tmp_path / "two" / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name

@@ -470,7 +470,9 @@ def train_exits(
         lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
     )
     scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps)
-    objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
+    # the scheduler stays unprepared: accelerate would step a prepared one num_processes times per step,
+    # while total_steps here already counts global steps
+    objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     unwrapped = accelerator.unwrap_model(objective).model
 
     start_step, history, resumed_from, tokens_seen = 0, [], None, 0
@@ -537,7 +539,8 @@ def train_exits(
         if config.max_grad_norm:
             accelerator.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
-        scheduler.step()
+        if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the scaler skipped this step
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step_losses = accelerator.reduce(step_losses, reduction="mean")
         step_tokens = int(accelerator.reduce(step_tokens, reduction="sum"))
@@ -744,7 +747,11 @@ def run_head_training(
     if not 0 <= data.task_eval_fraction < 1:
         raise ValueError(f"task_eval_fraction: must be in [0, 1), got {data.task_eval_fraction}")
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # a trained body may hold parameters no exit loss reaches (an untied original head): let DDP allow that
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=not config.freeze_base)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu, kwargs_handlers=[ddp])
     source = resolve_model_source(model_source)
     tokenizer = load_tokenizer(source, tokenizer_source)
     train_items, collate, eval_batches, data_summary = build_datasets(tokenizer, data, config)
