@@ -519,6 +519,7 @@ def _parse_only(main, argv: list[str]) -> None:
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
+        self.allow_abbrev = False  # config keys must be the full option names
         original(self, args, namespace)
         raise _Parsed
 
@@ -551,7 +552,9 @@ def check_script_options(script: str | Path, fixed: list[str], options: dict, ke
     try:
         with contextlib.redirect_stderr(errors):
             if hasattr(module, "build_parser"):
-                module.build_parser().parse_args(argv)
+                parser = module.build_parser()
+                parser.allow_abbrev = False  # config keys must be the full option names
+                parser.parse_args(argv)
             else:
                 _parse_only(module.main, argv)
     except SystemExit:

@@ -1,0 +1,267 @@
+"""The Snakemake pipeline: paper-grid planning, config rejection, tables, and real end-to-end runs."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from multiexit.pipeline import ConfigError, build_plan, load_config_files
+from multiexit.pipeline.tables import write_tables
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "data" / "tiny_config.yaml"
+PAPER = REPO / "config" / "paper.yaml"
+DEMO = REPO / "config" / "config.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    return env
+
+
+def _job_stats(output: str) -> dict[str, int]:
+    """Per-rule job counts from Snakemake's 'Job stats' table."""
+    block = output[output.index("Job stats:"):]
+    counts = {}
+    for line in block.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def _tiny() -> dict:
+    return yaml.safe_load(TINY.read_text())
+
+
+# ------------------------------------------------------------------------------------ planning
+
+
+def test_paper_config_dry_run_plans_every_job_offline():
+    started = time.monotonic()
+    run = subprocess.run([*SNAKEMAKE, "-n", "--configfile", str(PAPER)], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - started
+    assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
+    counts = _job_stats(run.stdout + run.stderr)
+    # gpt2-medium: 7 baselines + 12 exits + 2 ACD + 10 sweep = 31 settings; gpt-neo-125m: 7 + 6 + 2 + 4 = 19;
+    # gpt2-xl: contrastive decoding only = 1.  51 settings x 3 datasets = 153 scores, x 8 shards = 1224 generations.
+    # lm-eval: gpt2-medium (original + 12 exits + 1 ACD) x 6 tasks = 84, gpt-neo-125m (1 + 6 + 1) x 6 = 48.
+    assert counts == {
+        "prepare_model": 4, "train_heads": 2, "generate": 1224, "merge_generations": 153, "score": 153,
+        "lm_eval": 132, "manifest": 1, "tables": 1, "figures": 1, "all": 1, "total": 1672,
+    }
+    assert elapsed < 240, f"planning the paper grid took {elapsed:.0f}s"
+
+
+def test_paper_plan_paths_and_expansion():
+    plan = build_plan(load_config_files(PAPER))
+    labels = [s.label for s in plan.settings["gpt2-medium"]]
+    assert "acd-original-12-a0.1" in labels and "acd-24-12-a0.1" in labels
+    assert [f"exit-{layer}" for layer in range(2, 25, 2)] == [label for label in labels if label.startswith("exit-")]
+    sweep = [s for s in plan.settings["gpt2-medium"] if s.method == "acd" and s.params["upper"] == "original"]
+    assert sorted(s.params["lower"] for s in sweep) == list(range(2, 23, 2))
+    assert ("gpt2-medium", "wikitext", "acd-original-12-a0.1", 3) in plan.generation_jobs()
+    assert plan.generation_shard("gpt2-medium", "wikitext", "acd-original-12-a0.1", 3) == \
+        "results/paper/gpt2-medium/generations/wikitext/acd-original-12-a0.1/shard-3.jsonl"
+    cd = plan.setting("gpt2-xl", "cd-gpt2-a0.1-beam5")
+    assert plan.resolve_refs(cd.params)["amateur"] == "results/paper/gpt2/base"
+    assert "gpt2" not in plan.settings  # an amateur-only model generates nothing
+    variants = {r.variant for r in plan.lm_eval_runs if r.model == "gpt-neo-125m"}
+    assert variants == {"original", "acd-original-12"} | {f"exit-{layer}" for layer in range(2, 13, 2)} or \
+        variants == {"original"} | {f"exit-{layer}" for layer in range(2, 13, 2)} | {"acd-original-12"}
+
+
+def test_grids_multiply_and_seeds_suffix():
+    config = _tiny()
+    config["seeds"] = [0, 1]
+    config["decoding"] = [{"method": "acd", "params": {"upper": "original", "lower": "exits", "alpha": [0.1, 0.5]}}]
+    plan = build_plan(config)
+    labels = sorted(s.label for s in plan.settings["smollm2"])
+    assert labels == sorted(f"acd-original-{layer}-a{alpha}-seed{seed}"
+                            for layer in (6, 15) for alpha in (0.1, 0.5) for seed in (0, 1))
+
+
+def test_demo_config_is_valid_and_needs_no_second_model():
+    plan = build_plan(load_config_files(DEMO))
+    methods = {s.method for items in plan.settings.values() for s in items}
+    assert "contrastive_decoding" not in methods
+    assert {"greedy", "top_k", "top_p", "typical", "exit", "acd", "contrastive_search", "dola"} <= methods
+    assert all(spec["source"].startswith("package:") for spec in plan.models.values())
+    assert plan.lm_eval_runs and all(plan.lm_eval_task(r.task).get("kind") == "lambada_local" for r in plan.lm_eval_runs)
+
+
+# ------------------------------------------------------------------------------------ bad configs
+
+
+def _set(config: dict, path: list, value) -> dict:
+    config = copy.deepcopy(config)
+    target = config
+    for key in path[:-1]:
+        target = target[key]
+    if value is _DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return config
+
+
+_DELETE = object()
+
+BAD_CONFIGS = [
+    # (what, path to change, new value, key named in the error)
+    ("unknown method", ["decoding", 1, "method"], "nucleus", "decoding[1].method"),
+    ("unknown decoding parameter", ["decoding", 0, "params"], {"beams": 3}, "decoding[0].params.beams"),
+    ("layer outside the model", ["decoding", 1, "params", "lower"], 40, "decoding[1].params.lower"),
+    ("contrast pair without heads", ["decoding", 1, "params", "lower"], 10, "decoding[1].params.lower"),
+    ("exit beyond the model", ["models", "smollm2", "exits"], [6, 31], "models.smollm2.exits[1]"),
+    ("missing field", ["models", "smollm2", "num_layers"], _DELETE, "models.smollm2.num_layers"),
+    ("mistyped field", ["datasets", "news", "shards"], "two", "datasets.news.shards"),
+    ("unknown top-level key", ["decodings"], [], "decodings"),
+    ("unknown dataset key", ["datasets", "news", "colour"], "red", "datasets.news.colour"),
+    ("unknown dataset name", ["datasets", "news", "name"], "wikipedia-xl", "datasets.news.name"),
+    ("unknown training option", ["models", "smollm2", "train", "learning_rat"], 0.1, "models.smollm2.train.learning_rat"),
+    ("unknown metric setting", ["metrics", "mauve_tokens"], 12, "metrics.mauve_tokens"),
+    ("reference to no model", ["metrics", "featurizer"], "model:gpt2", "metrics.featurizer"),
+    ("lm-eval ACD pair without heads", ["lm_eval", "acd"], [["original", 10]], "lm_eval.acd[0].lower"),
+    ("lm-eval mistyped flag", ["lm_eval", "original"], "yes", "lm_eval.original"),
+    ("resource mistyped", ["resources", "generate", "gpu"], 0.5, "resources.generate.gpu"),
+]
+
+
+@pytest.mark.parametrize("what,path,value,key", BAD_CONFIGS, ids=[case[0] for case in BAD_CONFIGS])
+def test_bad_config_is_rejected_naming_the_key(what, path, value, key):
+    with pytest.raises(ConfigError) as info:
+        build_plan(_set(_tiny(), path, value))
+    assert info.value.key == key, str(info.value)
+    assert f"config key '{key}'" in str(info.value)
+
+
+def test_bad_config_stops_snakemake_before_any_job(tmp_path):
+    config = _set(_tiny(), ["decoding", 1, "params", "lower"], 10)
+    config["results_dir"] = str(tmp_path / "results")
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = subprocess.run([*SNAKEMAKE, "-c1", "--configfile", str(path)], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "config key 'decoding[1].params.lower'" in run.stdout + run.stderr
+    assert "has no exit head" in run.stdout + run.stderr
+    assert not (tmp_path / "results").exists()
+
+
+# ------------------------------------------------------------------------------------ tables
+
+
+def test_tables_from_result_files(tmp_path):
+    """Tables and tidy CSV from score / lm-eval files in the formats the stage scripts write."""
+    gens = []
+    for label, method, params, div in [("greedy", "greedy", {}, 0.2), ("acd-original-6-a0.1", "acd", {"upper": "original", "lower": 6, "alpha": 0.1}, 0.6)]:
+        path = tmp_path / f"{label}.json"
+        path.write_text(json.dumps({"metrics": {"diversity_per_text": div, "diversity_pooled": div - 0.1, "mauve": 0.5,
+                                                "coherence": 0.3, "coherence_encoder": "st"},
+                                    "generation": {"tokens_per_second": 10.0}}))
+        gens.append({"model": "m", "label": label, "method": method, "params": params, "seed": 0, "source": "decoding[0]",
+                     "dataset": "news", "scores": str(path)})
+    lm = []
+    for variant, args in [("original", {"use_original_head": True}), ("exit-6", {"use_original_head": False, "output_layer_index": 6}),
+                          ("acd-original-6", {"use_original_head": False, "contrast_layer_indices": "original;6"})]:
+        path = tmp_path / f"{variant}.json"
+        path.write_text(json.dumps({"results": {"lambada_news": {"alias": "lambada_news", "acc,none": 0.25, "acc_stderr,none": 0.1,
+                                                                 "perplexity,none": 12.5, "perplexity_stderr,none": 1.0}}}))
+        lm.append({"model": "m", "task": "lambada_news", "variant": variant, "model_args": args, "path": str(path)})
+    manifest = {"models": {"m": {"training_report": None}}, "generations": gens, "lm_eval": lm,
+                "tables": {"metrics": ["diversity_per_text", "mauve"], "benchmark_metrics": ["acc", "perplexity"]}}
+    paths = write_tables(manifest, tmp_path / "tables")
+    rows = list(csv.DictReader(open(paths["csv"])))
+    gen_rows = [r for r in rows if r["kind"] == "generation"]
+    assert len(gen_rows) == 2 * 5  # 4 numeric metrics + tokens/s each; the encoder name is not a number
+    bench = [r for r in rows if r["kind"] == "benchmark"]
+    assert len(bench) == 3 * 2 and {r["stderr"] for r in bench if r["metric"] == "acc"} == {"0.1"}
+    md = Path(paths["generation_md"]).read_text()
+    assert "| m | acd-original-6-a0.1 | 0.600 | 0.500 |" in md
+    bench_md = Path(paths["benchmarks_md"]).read_text()
+    assert "| model | task | metric | original | exit-6 | acd-original-6 |" in bench_md
+    tex = Path(paths["generation_tex"]).read_text()
+    assert r"acd-original-6-a0.1 & 0.600 & 0.500 \\" in tex and r"\begin{tabular}{llrr}" in tex
+
+
+# ------------------------------------------------------------------------------------ real runs
+
+
+def _tiny_run(workdir: Path, extra: list[str] = (), **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(TINY), "--cores", "2", "--rerun-incomplete",
+         "--printshellcmds", *extra],
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_tiny_config_end_to_end_with_interruption(tmp_path):
+    """Tiny real config through every stage; interrupted mid-run, resumed by a plain rerun, no finished job redone."""
+    results = tmp_path / "results" / "tiny"
+    first = _tiny_run(tmp_path)
+    trained = results / "smollm2" / "heads-report" / "training.json"
+    deadline = time.monotonic() + 900
+    while not trained.is_file() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert trained.is_file(), (first.stdout.read() if first.poll() is not None else "timeout")[-4000:]
+    time.sleep(3)
+    assert first.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: Snakemake stops its jobs and marks them incomplete
+    first_log = first.communicate(timeout=300)[0]
+    assert first.returncode != 0
+    assert not (results / "tables" / "results.csv").exists()
+    finished = {path: path.stat().st_mtime_ns for path in [trained, results / "smollm2" / "base" / "prepared.json",
+                                                          results / "smollm2" / "heads" / "config.json"]}
+
+    second = _tiny_run(tmp_path)
+    second_log = second.communicate(timeout=1800)[0]
+    assert second.returncode == 0, second_log[-5000:]
+    assert "rule train_heads:" not in second_log and "rule prepare_model:" not in second_log, second_log[:3000]
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path} was redone"
+
+    # every stage ran and produced what the tables and figures need
+    rows = list(csv.DictReader(open(results / "tables" / "results.csv")))
+    kinds = {kind: [r for r in rows if r["kind"] == kind] for kind in ("generation", "benchmark", "training")}
+    assert {r["setting"] for r in kinds["generation"]} == {"greedy", "acd-original-6-a0.1"}
+    for setting in ("greedy", "acd-original-6-a0.1"):
+        metrics = {r["metric"]: float(r["value"]) for r in kinds["generation"] if r["setting"] == setting}
+        assert 0 <= metrics["diversity_per_text"] <= 1 and 0 <= metrics["mauve"] <= 1 and -1 <= metrics["coherence"] <= 1
+    assert {(r["setting"], r["metric"]) for r in kinds["benchmark"]} >= {
+        (v, m) for v in ("original", "exit-6", "acd-original-6") for m in ("acc", "perplexity")}
+    assert {r["layer"] for r in kinds["training"] if r["setting"] == "after"} >= {"6", "15"}
+    generation_md = (results / "tables" / "generation.md").read_text().splitlines()
+    assert sum(line.startswith("| smollm2 |") for line in generation_md) == 2
+    benchmarks_md = (results / "tables" / "benchmarks.md").read_text()
+    assert "| smollm2 | lambada_news | acc |" in benchmarks_md
+    for name in ("amateur_layer", "exit_layer", "training_loss", "diversity_mauve"):
+        for fmt in ("png", "pdf"):
+            assert (results / "figures" / f"{name}.{fmt}").stat().st_size > 1000
+    cast = json.loads((results / "smollm2" / "cast" / "config.json").read_text())
+    assert cast["cast_layer_indices"] == [6]
+    # per-job logs and benchmarks
+    for rule in ("prepare_model", "train_heads", "fit_cast", "generate", "score", "lm_eval", "tables", "figures"):
+        assert list((results / "logs" / rule).rglob("*.log")) or (results / "logs" / f"{rule}.log").is_file(), rule
+        assert list((results / "benchmarks" / rule).rglob("*.tsv")) or (results / "benchmarks" / f"{rule}.tsv").is_file(), rule
+
+    # a third run has nothing to do
+    third = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(TINY), "-n"], cwd=REPO, env=_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "Nothing to be done" in third.stdout + third.stderr
