@@ -157,3 +157,36 @@ def test_build_prompts_without_limit_takes_all_usable(gpt2_tokenizer):
     docs = [Document(f"d{i}", _words(60 if i % 2 else 5)) for i in range(6)]
     prompts = build_prompts(docs, gpt2_tokenizer, DatasetRequest(name="local", path="x", num_prompts=None, prompt_tokens=4, min_reference_tokens=40))
     assert sorted(p.id for p in prompts) == ["d1", "d3", "d5"]
+
+
+def test_hub_entries_read_a_datasets_table(monkeypatch):
+    """The Hub code path on a real ``datasets.Dataset`` (the download itself is replaced: no network here)."""
+    import datasets
+
+    import multiexit.data as data
+
+    tables = {
+        "wikitext": datasets.Dataset.from_dict({"text": [
+            "", " = Valkyria = \n", "", " The 1 @,@ 000 @-@ strong army . \n", " = = Plot = = \n", " It won . \n",
+            " = Other = \n", " Second article , here . \n"]}),
+        "bookcorpus/bookcorpus": datasets.Dataset.from_dict({"text": [f"sentence {i} ." for i in range(45)]}),
+        "vblagoje/cc_news": datasets.Dataset.from_dict({"title": ["a", "b"], "text": ["first story", "second story"]}),
+    }
+    seen = []
+
+    def fake_load(entry):
+        seen.append((entry.path, entry.hub_config, entry.split))
+        return tables[entry.path]
+
+    monkeypatch.setattr(data, "_load_hub", fake_load)
+    wiki = read_documents(DatasetRequest(name="wikitext-103"))
+    assert seen[-1] == ("wikitext", "wikitext-103-raw-v1", "validation")
+    assert [(d.id, d.text) for d in wiki] == [("wikitext-103/validation/0", "The 1,000-strong army.\nIt won."),
+                                             ("wikitext-103/validation/1", "Second article, here.")]
+    books = read_documents(DatasetRequest(name="bookcorpus"))
+    assert [d.id for d in books] == ["bookcorpus/train/0", "bookcorpus/train/1", "bookcorpus/train/2"]
+    assert books[0].text.startswith("sentence 0 . sentence 1 .") and books[2].text == " ".join(f"sentence {i} ." for i in range(40, 45))
+    news = read_documents(DatasetRequest(name="cc-news", id_field="title"))
+    assert [(d.id, d.text) for d in news] == [("a", "first story"), ("b", "second story")]
+    with pytest.raises(ValueError, match=r"missing text field 'body'"):
+        read_documents(DatasetRequest(name="cc-news", text_field="body"))
