@@ -363,3 +363,16 @@ def test_torchrun_two_processes_match_one_process_with_the_global_batch(tiny_dir
     a, b = load_file(str(tmp_path / "two" / "model.safetensors")), load_file(str(tmp_path / "one" / "model.safetensors"))
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5), name
+
+
+def test_every_cli_flag_is_documented():
+    import importlib.util
+
+    for script in ("train_heads.py", "fit_cast.py"):
+        spec = importlib.util.spec_from_file_location(script[:-3], REPO / "scripts" / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        parser = module.build_parser()
+        for action in parser._actions:
+            assert action.help, f"{script}: {action.option_strings} has no help text"
+        assert "--output-dir" in parser.format_help()
