@@ -91,10 +91,10 @@ def check_tokenizers(expert, amateur) -> None:
     """Raise ValueError unless the amateur shares the expert's vocabulary (width, and token->id map when loadable)."""
     expert_path = getattr(expert, "name_or_path", "") or ""
     amateur_path = getattr(amateur, "name_or_path", "") or ""
-    key = (id(expert), id(amateur))
+    width_e, width_a = _output_width(expert), _output_width(amateur)
+    key = (str(expert_path), str(amateur_path), width_e, width_a)
     if key in _COMPATIBLE:
         return
-    width_e, width_a = _output_width(expert), _output_width(amateur)
     if width_e != width_a:
         raise ValueError(
             f"contrastive_decoding: the amateur's vocabulary ({width_a} outputs, {amateur_path!r}) differs from the "
