@@ -265,3 +265,12 @@ def test_tiny_config_end_to_end_with_interruption(tmp_path):
     third = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(TINY), "-n"], cwd=REPO, env=_env(),
                            capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "Nothing to be done" in third.stdout + third.stderr
+
+
+def test_workflow_passes_lint_and_snakefmt():
+    lint = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert lint.returncode == 0, lint.stdout[-3000:] + lint.stderr[-3000:]
+    rules = sorted(str(p) for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", *rules], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr

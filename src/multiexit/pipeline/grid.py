@@ -512,7 +512,7 @@ class _Parsed(Exception):
     pass
 
 
-def _parse_only(main, argv: list[str]) -> None:
+def _parse_only(main, argv: list[str], prog: str) -> None:
     """Run a script's ``main(argv)`` only up to its argument parsing (which raises SystemExit on error)."""
     import argparse
 
@@ -520,6 +520,7 @@ def _parse_only(main, argv: list[str]) -> None:
 
     def parse_then_stop(self, args=None, namespace=None):
         self.allow_abbrev = False  # config keys must be the full option names
+        self.prog = prog
         original(self, args, namespace)
         raise _Parsed
 
@@ -554,9 +555,10 @@ def check_script_options(script: str | Path, fixed: list[str], options: dict, ke
             if hasattr(module, "build_parser"):
                 parser = module.build_parser()
                 parser.allow_abbrev = False  # config keys must be the full option names
+                parser.prog = script.name
                 parser.parse_args(argv)
             else:
-                _parse_only(module.main, argv)
+                _parse_only(module.main, argv, script.name)
     except SystemExit:
         text = errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else "invalid options"
         flags = re.findall(r"--([a-z0-9-]+)", text)
