@@ -19,7 +19,11 @@ rule prepare_model:
         script=f"{SCRIPTS}/prepare_model.py",
         source=lambda wc: PLAN.models[wc.model]["source"],
         num_layers=lambda wc: PLAN.models[wc.model]["num_layers"],
-        exits=lambda wc: ";".join(map(str, PLAN.models[wc.model]["exits"])),
+        exits=lambda wc: (
+            "--exits " + shlex.quote(";".join(map(str, PLAN.models[wc.model]["exits"])))
+            if PLAN.models[wc.model]["exits"]
+            else ""
+        ),
         checkpoint=lambda wc: (
             "--multi-exit-checkpoint"
             if PLAN.models[wc.model]["multi_exit_checkpoint"]
@@ -27,5 +31,5 @@ rule prepare_model:
         ),
     shell:
         "python {params.script} --source {params.source:q} --output {output:q}"
-        " --num-layers {params.num_layers} --exits {params.exits:q} {params.checkpoint}"
+        " --num-layers {params.num_layers} {params.exits} {params.checkpoint}"
         " > {log:q} 2>&1"
