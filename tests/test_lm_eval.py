@@ -294,7 +294,7 @@ def test_module_cli_is_lm_eval_with_our_model(tiny_dir, lambada_file, tmp_path):
 @pytest.mark.slow
 def test_smollm2_original_head_equals_stock_hf(smollm2_dir, lambada_file, tmp_path):
     tasks = [f"lambada_local:{lambada_file}"]
-    kwargs = dict(batch_size=4, limit=12, bootstrap_iters=0)
+    kwargs = dict(batch_size=4, limit=8, bootstrap_iters=0)
     ours = run_lm_eval(f"pretrained={smollm2_dir},dtype=float32,use_original_head=True", tasks,
                        tmp_path / "ours.json", **kwargs)
     stock = run_lm_eval(f"pretrained={smollm2_dir},dtype=float32", tasks, tmp_path / "stock.json", model="hf",

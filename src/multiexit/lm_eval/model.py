@@ -91,7 +91,9 @@ class MultiExitLM(HFLM):
             pretrained = resolve_model_source(pretrained)
         elif isinstance(pretrained, transformers.PreTrainedModel):
             if is_multi_exit_model(pretrained):
-                pretrained.set_multi_exit_config(self.multi_exit_config)
+                if settings:  # no settings: keep the loaded model's own configuration
+                    pretrained.set_multi_exit_config(self.multi_exit_config)
+                self.multi_exit_config = pretrained.multi_exit_config
             else:
                 pretrained = AutoMultiExitModel.from_model(pretrained, self.multi_exit_config)
         super().__init__(pretrained, **kwargs)
