@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-positions", type=int, default=25000, help="token positions used for the fit, per layer (default 25000)")
     p.add_argument("--heldout-positions", type=int, default=5000, help="other positions for the held-out R^2 (default 5000)")
     p.add_argument("--corpus-tokens", type=int, default=None, help="tokens to read from the corpus (default: just enough for the positions)")
+    p.add_argument("--eval-tokens", type=int, default=0, help="hold out the first documents (as train_heads.py does) and report each exit's held-out CE / top-1 through its cast and the logit lens (default 0: off)")
     p.add_argument("--skip-first", type=int, default=1, help="leading positions of each chunk never sampled (default 1: the attention-sink position)")
     p.add_argument("--ridge", type=float, default=0.0, help="ridge penalty (per position) for the least-squares fit (default 0)")
     p.add_argument("--batch-size", type=int, default=8, help="chunks per forward pass (default 8)")
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
             num_positions=args.num_positions, heldout_positions=args.heldout_positions, corpus_tokens=args.corpus_tokens,
             seed=args.seed, batch_size=args.batch_size, ridge=args.ridge, skip_first=args.skip_first,
             tokenizer_source=args.tokenizer, metrics_path=args.metrics, device=args.device, dtype=args.dtype,
+            eval_tokens=args.eval_tokens,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

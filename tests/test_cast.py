@@ -108,12 +108,15 @@ def test_fit_cast_cli_adds_casts_to_a_checkpoint_with_heads(tmp_path):
     spec.loader.exec_module(module)
     out = tmp_path / "heads_cast"
     args = ["--model", str(source), "--layers", "1,2", "--output-dir", str(out), "--seq-len", "32",
-            "--num-positions", "300", "--heldout-positions", "100", "--metrics", str(tmp_path / "cast.json")]
+            "--num-positions", "300", "--heldout-positions", "100", "--eval-tokens", "64", "--metrics", str(tmp_path / "cast.json")]
     assert module.main(args) == 0
     metrics = json.loads((tmp_path / "cast.json").read_text())
     assert set(metrics["layers"]) == {"1", "2"}
     assert all(0 < v["r2_heldout"] <= 1 for v in metrics["layers"].values())
     assert (out / "cast_fit.json").is_file()
+    for layer in ("1", "2"):  # held-out LM scores through the cast and through the logit lens
+        assert metrics["heldout_lm"][layer]["cast"]["tokens"] == 62
+        assert metrics["heldout_lm"][layer]["logit_lens"]["cross_entropy"] > 0
     config = json.loads((out / "config.json").read_text())
     assert config["lm_head_layer_indices"] == [2, 3] and config["vocab_projection_mode"] == "LAYER_SPECIFIC_PROJECTION"
     assert config["cast_layer_indices"] == [1, 2]

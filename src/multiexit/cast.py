@@ -221,8 +221,14 @@ def run_cast_fit(
     metrics_path=None,
     device: str = "cpu",
     dtype: str = "float32",
+    eval_tokens: int = 0,
 ) -> dict:
-    """Load ``model_source`` (a base model or a multi-exit checkpoint), fit casts, save model + casts to ``output_dir``."""
+    """Load ``model_source`` (a base model or a multi-exit checkpoint), fit casts, save model + casts to ``output_dir``.
+
+    With ``eval_tokens`` > 0 the first documents (the same held-out slice that ``train_heads`` uses with
+    the same corpus, seed and seq_len) are kept out of the fit, and the next-token cross-entropy /
+    top-1 accuracy of each exit read through its cast and through the logit lens are reported on them.
+    """
     import json
     from pathlib import Path
 
@@ -248,11 +254,23 @@ def run_cast_fit(
         raise ValueError(f"layers: cast layers must be in 1..{top - 1}, got {bad}")
     usable = seq_len - skip_first
     needed = corpus_tokens or int((num_positions + heldout_positions) * seq_len / usable * 1.05) + seq_len
-    chunks = load_token_chunks(corpus, tokenizer, seq_len, train_tokens=needed, eval_tokens=0, seed=seed)
+    chunks = load_token_chunks(corpus, tokenizer, seq_len, train_tokens=needed, eval_tokens=eval_tokens, seed=seed)
     result = fit_cast_matrices(model, chunks.train, layers, num_positions=num_positions, heldout_positions=heldout_positions,
                                seed=seed, batch_size=batch_size, ridge=ridge, skip_first=skip_first)
     add_cast_matrices(model, result.weights)
     metrics = {"model": model_source, "corpus": chunks.summary(), **result.metrics}
+    if eval_tokens:
+        from .training import evaluate_readers, heldout_batches
+
+        cast_mode = VocabularyProjectionMode.SHARED_PROJECTION_CAST_OUTPUTS
+        readers = {f"cast:{l}": (l, cast_mode) for l in layers}
+        readers.update({f"lens:{l}": (l, VocabularyProjectionMode.SHARED_PROJECTION_DIRECT) for l in layers})
+        readers["original"] = ("original", None)
+        scores = evaluate_readers(model, heldout_batches(chunks.heldout, batch_size), readers, desc="cast: evaluate")
+        metrics["heldout_lm"] = {
+            str(l): {"cast": scores[f"cast:{l}"], "logit_lens": scores[f"lens:{l}"]} for l in layers
+        }
+        metrics["heldout_lm"]["original"] = scores["original"]
     output_dir = Path(output_dir)
     save_trained_model(model, output_dir, tokenizer, extra_files={"cast_fit.json": json.dumps(metrics, indent=2)})
     if metrics_path:
