@@ -103,28 +103,45 @@ def _run_env(slurm_conf: str | None, slurm_logdir: Path | None) -> dict:
     return env
 
 
-def _snakemake(args: list[str], env: dict, log_path: Path, watcher=None) -> float:
-    cmd = [sys.executable, "-m", "snakemake", "--workflow-profile", "none", *args]
+def _snakemake_runs(runs: dict[str, tuple[list[str], dict, Path]], watcher=None) -> dict[str, float]:
+    """Runs several snakemake invocations side by side (name -> (args, env, log)); returns seconds each.
+
+    The local reference run and the SLURM run go together: the SLURM run spends much of its time
+    waiting for status checks, and their outputs live in different folders.
+    """
+    procs, handles, seconds = {}, [], {}
     t0 = time.monotonic()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-        try:
-            while proc.poll() is None:
-                if time.monotonic() - t0 > RUN_TIMEOUT:
-                    proc.terminate()
-                    proc.wait(60)
-                    pytest.fail(f"snakemake ran past {RUN_TIMEOUT}s; log: {log_path}")
-                if watcher:
-                    watcher()
-                time.sleep(3)
-        finally:
+    try:
+        for name, (args, env, log_path) in runs.items():
+            cmd = [sys.executable, "-m", "snakemake", "--workflow-profile", "none", *args]
+            handle = open(log_path, "w")
+            handles.append(handle)
+            procs[name] = (cmd, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT))
+        while len(seconds) < len(procs):
+            for name, (_, proc) in procs.items():
+                if name not in seconds and proc.poll() is not None:
+                    seconds[name] = time.monotonic() - t0
+            if time.monotonic() - t0 > RUN_TIMEOUT:
+                pytest.fail(f"snakemake ran past {RUN_TIMEOUT}s: {sorted(set(procs) - set(seconds))}")
+            if watcher:
+                watcher()
+            time.sleep(3)
+    finally:
+        for _, proc in procs.values():
             if proc.poll() is None:
-                proc.kill()
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        for handle in handles:
+            handle.close()
     if watcher:
         watcher()
-    text = log_path.read_text()
-    assert proc.returncode == 0, f"snakemake failed ({' '.join(cmd)}):\n{text[-6000:]}"
-    return time.monotonic() - t0
+    for name, (cmd, proc) in procs.items():
+        text = runs[name][2].read_text()
+        assert proc.returncode == 0, f"{name} run failed ({' '.join(cmd)}):\n{text[-6000:]}"
+    return seconds
 
 
 class SlurmJobRecorder:
@@ -172,12 +189,21 @@ def parse_jobs(text: str) -> dict[int, dict]:
 
 # ------------------------------------------------------------------------------------ comparison
 
-VOLATILE_KEYS = re.compile(r"(created|seconds|per_second|timings?|fingerprint|versions|host|date|elapsed)", re.I)
+# Fields that describe the run rather than its results: timings, dates, software/commit stamps.
+VOLATILE_NAMES = {
+    "created", "date", "start_time", "end_time", "versions", "git_hash", "upper_git_hash",
+    "pretty_env_info", "fingerprint", "host", "hostname",
+}
+VOLATILE_PATTERN = re.compile(r"(seconds|per_second|timings?$|^elapsed)")
+
+
+def _volatile(key: str) -> bool:
+    return key in VOLATILE_NAMES or bool(VOLATILE_PATTERN.search(key))
 
 
 def _normalize(value, roots: tuple[str, ...]):
     if isinstance(value, dict):
-        return {k: _normalize(v, roots) for k, v in value.items() if not VOLATILE_KEYS.search(k)}
+        return {k: _normalize(v, roots) for k, v in value.items() if not _volatile(k)}
     if isinstance(value, list):
         return [_normalize(v, roots) for v in value]
     if isinstance(value, str):
@@ -227,36 +253,44 @@ def compare_results(local: Path, slurm: Path) -> int:
         f"only local: {sorted(local_files - slurm_files)[:20]}; only slurm: {sorted(slurm_files - local_files)[:20]}"
     )
     roots = (str(local), str(slurm))
-    compared = 0
+    compared, problems = 0, []
     for rel in sorted(local_files):
         if rel.startswith(("logs/", "benchmarks/")) or rel.endswith(".snakemake_timestamp"):
             continue  # run logs and timings differ by nature
-        a, b = local / rel, slurm / rel
-        suffix = a.suffix
-        if suffix == ".json":
-            _assert_close(
-                _normalize(json.loads(a.read_text()), roots), _normalize(json.loads(b.read_text()), roots), rel
-            )
-        elif suffix == ".jsonl":
-            rows_a = [json.loads(line) for line in a.read_text().splitlines() if line.strip()]
-            rows_b = [json.loads(line) for line in b.read_text().splitlines() if line.strip()]
-            _assert_close(_normalize(rows_a, roots), _normalize(rows_b, roots), rel)
-        elif suffix in (".csv", ".tsv"):
-            _assert_close(_csv_rows(a), _csv_rows(b), rel)
-        elif suffix in (".md", ".tex", ".txt", ".jinja"):
-            assert _normalize(a.read_text(), roots) == _normalize(b.read_text(), roots), f"{rel} differs"
-        elif suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            ta, tb = load_file(a), load_file(b)
-            assert ta.keys() == tb.keys(), f"{rel}: tensor names differ"
-            for name in ta:
-                assert ta[name].shape == tb[name].shape, f"{rel}:{name} shape"
-                assert (ta[name] == tb[name]).all(), f"{rel}:{name} differs between local and slurm runs"
-        else:
-            continue  # figures (PNG/PDF embed render metadata): existence checked above
-        compared += 1
+        try:
+            compared += _compare_file(local / rel, slurm / rel, rel, roots)
+        except AssertionError as error:
+            problems.append(str(error).splitlines()[0])
+    assert not problems, f"{len(problems)} result files differ between the local and the SLURM run:\n" + "\n".join(
+        problems[:40]
+    )
     return compared
+
+
+def _compare_file(a: Path, b: Path, rel: str, roots: tuple[str, ...]) -> int:
+    """Asserts one result file is the same in both runs; returns 1 if compared, 0 if skipped."""
+    suffix = a.suffix
+    if suffix == ".json":
+        _assert_close(_normalize(json.loads(a.read_text()), roots), _normalize(json.loads(b.read_text()), roots), rel)
+    elif suffix == ".jsonl":
+        rows_a = [json.loads(line) for line in a.read_text().splitlines() if line.strip()]
+        rows_b = [json.loads(line) for line in b.read_text().splitlines() if line.strip()]
+        _assert_close(_normalize(rows_a, roots), _normalize(rows_b, roots), rel)
+    elif suffix in (".csv", ".tsv"):
+        _assert_close(_csv_rows(a), _csv_rows(b), rel)
+    elif suffix in (".md", ".tex", ".txt", ".jinja"):
+        assert _normalize(a.read_text(), roots) == _normalize(b.read_text(), roots), f"{rel} differs"
+    elif suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        ta, tb = load_file(a), load_file(b)
+        assert ta.keys() == tb.keys(), f"{rel}: tensor names differ"
+        for name in ta:
+            assert ta[name].shape == tb[name].shape, f"{rel}:{name} shape"
+            assert (ta[name] == tb[name]).all(), f"{rel}:{name} differs between local and slurm runs"
+    else:
+        return 0  # figures (PNG/PDF embed render metadata): existence checked by the listing
+    return 1
 
 
 # ------------------------------------------------------------------------------------ the test
@@ -267,23 +301,24 @@ def test_tiny_pipeline_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     local_dir, slurm_dir, logdir = tmp_path / "local", tmp_path / "slurm", tmp_path / "slurm-logs"
     configs = ["--configfile", str(TINY_CONFIG), str(overlay)]
 
-    # 1. Reference: the same config, run locally.
-    local_log = tmp_path / "local.log"
-    local_seconds = _snakemake(
-        ["--cores", "2", *configs, "--config", f"results_dir={local_dir}"],
-        _run_env(None, None),
-        local_log,
-    )
-
-    # 2. The same through the SLURM plugin with the project's profiles.
+    # The same config twice, side by side: a local reference run, and a run through the SLURM
+    # plugin with the project's profiles.
+    local_log, slurm_log = tmp_path / "local.log", tmp_path / "slurm.log"
     env = _run_env(slurm_cluster["slurm_conf"], logdir)
     recorder = SlurmJobRecorder(env)
-    slurm_log = tmp_path / "slurm.log"
     profile_args = [arg for p in PROFILES for arg in ("--profile", str(p))]
-    slurm_seconds = _snakemake(
-        [*profile_args, *configs, "--config", f"results_dir={slurm_dir}"], env, slurm_log, watcher=recorder
+    seconds = _snakemake_runs(
+        {
+            "local": (
+                ["--cores", "2", *configs, "--config", f"results_dir={local_dir}"],
+                _run_env(None, None),
+                local_log,
+            ),
+            "slurm": ([*profile_args, *configs, "--config", f"results_dir={slurm_dir}"], env, slurm_log),
+        },
+        watcher=recorder,
     )
-    print(f"[slurm] local run: {local_seconds:.0f}s, slurm run: {slurm_seconds:.0f}s")
+    print(f"[slurm] side by side: local run {seconds['local']:.0f}s, slurm run {seconds['slurm']:.0f}s")
 
     local_text, slurm_text = local_log.read_text(), slurm_log.read_text()
     assert "Falling back to 'sacct'" not in slurm_text, "plugin ignored --slurm-status-command squeue"
