@@ -77,7 +77,7 @@ def lm_eval_metrics(results: dict) -> dict[str, dict[str, tuple[float, float | N
         metrics: dict[str, tuple[float, float | None]] = {}
         for key, value in values.items():
             name, _, _filter = key.partition(",")
-            if name.endswith("_stderr") or name == "alias":
+            if name.endswith("_stderr") or name in ("alias", "sample_len"):
                 continue
             number = _number(value)
             if number is None:
