@@ -99,9 +99,14 @@ def exit_layer_figure(frame: pd.DataFrame, metrics: list[str]):
     if bench.empty:
         _empty(ax, "no lm-eval accuracy of single exits")
     else:
+        original = frame[(frame["kind"] == "benchmark") & (frame["setting"] == "original") & (frame["metric"] == "acc")]
         for (model, task), group in bench.groupby(["model", "dataset"], sort=False):
             group = group.sort_values("layer")
-            ax.plot(group["layer"].astype(int), group["value"], marker="s", label=f"{model} {task}")
+            line = ax.plot(group["layer"].astype(int), group["value"], marker="s", label=f"{model} {task}")[0]
+            reference = original[(original["model"] == model) & (original["dataset"] == task)]
+            if not reference.empty:
+                ax.axhline(reference["value"].iloc[0], color=line.get_color(), linestyle="--", linewidth=1,
+                           label=f"{model} {task}: original head")
         ax.set_xlabel("exit layer")
         ax.set_ylabel("lm-eval accuracy")
         ax.grid(alpha=0.3)
