@@ -20,7 +20,7 @@ rule prepare_model:
         source=lambda wc: PLAN.models[wc.model]["source"],
         num_layers=lambda wc: PLAN.models[wc.model]["num_layers"],
         exits=lambda wc: (
-            "--exits " + shlex.quote(";".join(map(str, PLAN.models[wc.model]["exits"])))
+            f"--exits {shlex.quote(';'.join(map(str, PLAN.models[wc.model]['exits'])))}"
             if PLAN.models[wc.model]["exits"]
             else ""
         ),
