@@ -27,8 +27,11 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The demo pipeline (config/config.yaml; profile workflow/profiles/default via the top-level `profiles` link),
+# then its HTML report. Interrupted? Run `make demo` again: finished jobs are not redone.
 demo: $(STAMP)
-	$(BIN)/python -m multiexit.demo
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report results/demo/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -270,3 +270,8 @@ def test_every_registered_method_runs_the_same_way(tmp_path, tiny_model_dir, tin
         assert len(rows) == 2 and all(r["n_new_tokens"] <= 3 for r in rows), name
         meta = json.loads(meta_path(out).read_text())
         assert meta["settings"]["decoding"] == {"method": name, "params": {**spec.defaults, **params}}, name
+        if name == "dola":
+            derived = meta["decoding_derived"]
+            assert derived["candidate_layers"] and all(layer < derived["num_layers"] for layer in derived["candidate_layers"])
+        if name == "contrastive_decoding":
+            assert meta["decoding_derived"]["amateur_parameters"] > 0

@@ -38,6 +38,7 @@ import torch
 
 from . import decoding
 from .data import DatasetRequest, Prompt, load_prompts
+from .baselines import derived_settings
 from .decoding import DecodingSetting, parse_decoding, seed_everything
 
 ROW_FIELDS = ("id", "prompt", "reference", "generation", "n_new_tokens", "stop_reason")
@@ -341,6 +342,9 @@ def run_generation(
     if len(prompts) < run.num_shards:
         raise ValueError(f"num_shards ({run.num_shards}) is larger than the number of prompts ({len(prompts)})")
 
+    # what a method resolves from the model (DoLa's candidate layers, the CD amateur's size...)
+    derived = {"decoding_derived": derived_settings(model, run.setting)}
+
     def produce(index: int) -> tuple[list[dict], dict]:
         start, end = shard_bounds(len(prompts), run.num_shards, index)
         return generate_rows(
@@ -352,7 +356,7 @@ def run_generation(
     if shard is not None:
         rows, timing = produce(shard)
         atomic_write_text(output, rows_to_jsonl(rows))
-        atomic_write_text(meta_path(output), json.dumps(_meta(run, [shard], [timing], torch_device, torch_dtype), indent=2) + "\n")
+        atomic_write_text(meta_path(output), json.dumps(_meta(run, [shard], [timing], torch_device, torch_dtype, derived), indent=2) + "\n")
         return output
 
     folder = shard_dir(output)
@@ -371,11 +375,11 @@ def run_generation(
             continue
         rows, timing = produce(index)
         atomic_write_text(path, rows_to_jsonl(rows))
-        atomic_write_text(side, json.dumps(_meta(run, [index], [timing], torch_device, torch_dtype), indent=2) + "\n")
+        atomic_write_text(side, json.dumps(_meta(run, [index], [timing], torch_device, torch_dtype, derived), indent=2) + "\n")
         parts.append(timing)
     text = "".join(shard_file(output, i, run.num_shards).read_text(encoding="utf-8") for i in range(run.num_shards))
     # sidecar first: the JSONL (what pipelines wait for) appears last
-    atomic_write_text(meta_path(output), json.dumps(_meta(run, list(range(run.num_shards)), parts, torch_device, torch_dtype), indent=2) + "\n")
+    atomic_write_text(meta_path(output), json.dumps(_meta(run, list(range(run.num_shards)), parts, torch_device, torch_dtype, derived), indent=2) + "\n")
     atomic_write_text(output, text)
     shutil.rmtree(folder, ignore_errors=True)
     return output
