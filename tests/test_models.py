@@ -240,3 +240,14 @@ def test_trainer_runs_on_exit_heads(tmp_path):
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0]
     assert torch.equal(model.transformer.h[0].mlp.c_fc.weight, frozen_before)
+
+
+@torch.no_grad()
+def test_shared_head_exits_are_projected_in_one_stacked_call():
+    _, model = build("llama", layers=(2,))
+    calls = []
+    model.lm_head.register_forward_hook(lambda _m, inputs, _out: calls.append(tuple(inputs[0].shape)))
+    use(model, contrast_layer_indices="original;2", vocab_projection_mode=DIRECT)
+    x = torch.randint(3, 128, (3, 6))
+    model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert calls == [(6, 1, 32)] * 3  # original + exit 2 stacked on the batch axis, last position only

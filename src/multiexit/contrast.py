@@ -22,9 +22,10 @@ def check_contrast_parameters(alpha: float, minimum_candidates: int) -> None:
 def plausible_head_mask(upper_logprobs: torch.Tensor, alpha: float, minimum_candidates: int) -> torch.Tensor:
     """Boolean mask of the head set H = {v : p_v >= min(alpha * max p, k-th largest p)}."""
     k = min(int(minimum_candidates), upper_logprobs.shape[-1])
-    kth = upper_logprobs.topk(k, dim=-1).values[..., -1:]
-    alpha_threshold = upper_logprobs.max(dim=-1, keepdim=True).values + math.log(alpha)
-    threshold = torch.minimum(alpha_threshold, kth)
+    top = upper_logprobs.max(dim=-1, keepdim=True).values
+    threshold = top + math.log(alpha)
+    if k > 1:  # for k == 1 the k-th largest is the maximum, never below alpha * max
+        threshold = torch.minimum(threshold, upper_logprobs.topk(k, dim=-1).values[..., -1:])
     return upper_logprobs >= threshold
 
 
@@ -55,8 +56,10 @@ def calculate_contrasted_logits(
     lower = torch.log_softmax(lower_logits.float().to(upper.device), dim=-1)
     head = plausible_head_mask(upper, alpha, minimum_candidates)
 
-    neg_inf = torch.tensor(float("-inf"), dtype=upper.dtype, device=upper.device)
-    head_mass = torch.logsumexp(torch.where(head, upper, neg_inf), dim=-1, keepdim=True)
-    difference = upper.clamp(min=_LOG_FLOOR) - lower.clamp(min=_LOG_FLOOR)
-    inside = torch.log_softmax(torch.where(head, difference, neg_inf), dim=-1) + head_mass
+    outside = ~head
+    head_mass = torch.logsumexp(upper.masked_fill(outside, float("-inf")), dim=-1, keepdim=True)
+    # log-probs may be -inf (underflow; with minimum_candidates > 1 even inside H): clamp both so that
+    # every difference inside H is finite
+    difference = (upper.clamp(min=_LOG_FLOOR) - lower.clamp(min=_LOG_FLOOR)).masked_fill_(outside, float("-inf"))
+    inside = torch.log_softmax(difference, dim=-1).add_(head_mass)
     return torch.where(head, inside, upper)

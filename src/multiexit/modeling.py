@@ -148,13 +148,21 @@ class MultiExitMixin:
     def original_head_logits(self, normed_hidden: torch.Tensor) -> torch.Tensor:
         return self._softcap(self.get_output_embeddings()(normed_hidden))
 
+    def uses_original_head(self, layer: int | str, mode: VocabularyProjectionMode) -> bool:
+        """Whether exit ``layer`` is read through the model's own output head in ``mode``."""
+        return layer == ORIGINAL or mode != VocabularyProjectionMode.LAYER_SPECIFIC_PROJECTION
+
+    def exit_head_input(self, layer: int, normed_hidden: torch.Tensor, mode: VocabularyProjectionMode) -> torch.Tensor:
+        """What the shared head reads for exit ``layer`` (the cast state in SHARED_PROJECTION_CAST_OUTPUTS)."""
+        if mode == VocabularyProjectionMode.SHARED_PROJECTION_CAST_OUTPUTS and cast_name(layer) in self.name_to_cast_matrix:
+            return self.name_to_cast_matrix[cast_name(layer)](normed_hidden)
+        return normed_hidden
+
     def project_exit(self, layer: int, normed_hidden: torch.Tensor, mode: VocabularyProjectionMode) -> torch.Tensor:
         """Vocabulary logits of exit ``layer`` from its final-normed hidden state."""
         if mode == VocabularyProjectionMode.LAYER_SPECIFIC_PROJECTION:
             return self._softcap(self.name_to_lm_exit_head[head_name(layer)](normed_hidden))
-        if mode == VocabularyProjectionMode.SHARED_PROJECTION_CAST_OUTPUTS and cast_name(layer) in self.name_to_cast_matrix:
-            normed_hidden = self.name_to_cast_matrix[cast_name(layer)](normed_hidden)
-        return self.original_head_logits(normed_hidden)
+        return self.original_head_logits(self.exit_head_input(layer, normed_hidden, mode))
 
     @contextlib.contextmanager
     def capture_layers(self, layers: Iterable[int]):
@@ -215,16 +223,22 @@ class MultiExitMixin:
             slice(None) if isinstance(logits_to_keep, int) else logits_to_keep
         )
         last = outputs.last_hidden_state[:, keep]
+
+        def normed(layer):
+            return last if layer == ORIGINAL or layer == top else self.final_transform(captured[layer][:, keep])
+
+        # Exits read through the shared output head are projected in one stacked matmul: the head
+        # weight (hidden x vocab) is then read once per step instead of once per exit.
         cache: dict = {}
+        shared = [layer for layer in dict.fromkeys([*output_layers, *loss_layers]) if self.uses_original_head(layer, mode)]
+        if len(shared) > 1:
+            inputs = [last if layer == ORIGINAL else self.exit_head_input(layer, normed(layer), mode) for layer in shared]
+            stacked = self.original_head_logits(torch.cat(inputs, dim=0))
+            cache.update(zip(shared, stacked.split(last.shape[0], dim=0)))
 
         def logits_of(layer):
             if layer not in cache:
-                if layer == ORIGINAL:
-                    cache[layer] = self.original_head_logits(last)
-                elif layer == top:
-                    cache[layer] = self.project_exit(layer, last, mode)
-                else:
-                    cache[layer] = self.project_exit(layer, self.final_transform(captured[layer][:, keep]), mode)
+                cache[layer] = self.original_head_logits(last) if layer == ORIGINAL else self.project_exit(layer, normed(layer), mode)
             return cache[layer]
 
         if config.contrast_layer_indices is not None:
