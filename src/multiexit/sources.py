@@ -96,9 +96,17 @@ def packaged_model_dir(name: str, output_dir: str | Path | None = None) -> Path:
     if name not in PACKAGED_MODELS:
         raise ValueError(f"unknown packaged model {name!r}; known: {', '.join(sorted(PACKAGED_MODELS))}")
     target = Path(output_dir) if output_dir is not None else cache_dir() / "models" / name
-    if not (target / "config.json").is_file():
-        convert_gguf(PACKAGED_MODELS[name].gguf(), target)
+    with _build_lock(target):  # parallel jobs or test workers convert once, the others wait
+        if not (target / "config.json").is_file():
+            convert_gguf(PACKAGED_MODELS[name].gguf(), target)
     return target
+
+
+def _build_lock(target: Path):
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(target.parent / f".{target.name}.lock"))
 
 
 def resolve_model_source(source: str) -> str:
@@ -113,6 +121,12 @@ def gpt2_tokenizer(output_dir: str | Path | None = None):
     from transformers import AutoTokenizer
 
     target = Path(output_dir) if output_dir is not None else cache_dir() / "tokenizers" / "gpt2"
+    with _build_lock(target):
+        _build_gpt2_tokenizer(target)
+    return AutoTokenizer.from_pretrained(target)
+
+
+def _build_gpt2_tokenizer(target: Path) -> None:
     if not (target / "tokenizer.json").is_file():
         from tiktoken_ext.openai_public import r50k_pat_str
         from transformers import PreTrainedTokenizerFast
@@ -131,4 +145,3 @@ def gpt2_tokenizer(output_dir: str | Path | None = None):
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
-    return AutoTokenizer.from_pretrained(target)
