@@ -14,9 +14,9 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from multiexit.atomic import atomic_directory
 from multiexit.sources import PACKAGE_PREFIX, resolve_model_source
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*", "*.py"]
@@ -73,10 +73,7 @@ def main(argv=None) -> int:
     folder = resolve_folder(args.source, args.revision)
     info = check(folder, args)
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    os.chmod(staging, 0o755)
-    try:
+    with atomic_directory(output) as staging:
         for item in sorted(folder.iterdir()):
             target = staging / item.name
             if args.copy:
@@ -84,12 +81,6 @@ def main(argv=None) -> int:
             else:
                 os.symlink(item.resolve(), target)
         (staging / "prepared.json").write_text(json.dumps(info, indent=2) + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     print(json.dumps(info))
     return 0
 

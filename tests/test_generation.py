@@ -13,7 +13,6 @@ import torch
 from multiexit import generation
 from multiexit.data import Prompt
 from multiexit.generation import (
-    GenerationRun,
     finish_row,
     generate_rows,
     make_run,

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +35,7 @@ import numpy as np
 import torch
 
 from . import decoding
+from .atomic import atomic_write_text
 from .data import DatasetRequest, Prompt, load_prompts
 from .baselines import derived_settings
 from .decoding import DecodingSetting, parse_decoding, seed_everything
@@ -45,24 +44,6 @@ ROW_FIELDS = ("id", "prompt", "reference", "generation", "n_new_tokens", "stop_r
 
 
 # ------------------------------------------------------------------------------ small utilities
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def rows_to_jsonl(rows: Sequence[dict]) -> str:

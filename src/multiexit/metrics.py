@@ -27,7 +27,6 @@ Protocol (see ``docs/metrics.md``):
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence

@@ -25,7 +25,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .atomic import atomic_directory, atomic_write_text
 from .config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
 from .modeling import AutoMultiExitModel, head_name
 
@@ -363,34 +363,6 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def atomic_dir(target: Path):
-    """Context manager yielding a temporary folder renamed to ``target`` on success."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def manager():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            yield staging
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-
-    return manager()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------- training
 @dataclass
 class TrainingResult:
@@ -505,7 +477,7 @@ def train_exits(
         rng_states = gather_object([_rng_state()])
         if accelerator.is_main_process:
             target = checkpoint_dir / f"step-{step:08d}"
-            with atomic_dir(target) as staging:
+            with atomic_directory(target) as staging:
                 weights = {n: p.detach().cpu().contiguous() for n, p in trainable_parameters(unwrapped).items()}
                 save_file(weights, str(staging / "trainable.safetensors"))
                 torch.save(optimizer.state_dict(), staging / "optimizer.pt")
@@ -576,7 +548,7 @@ class _null:
 def save_trained_model(model, output_dir: str | Path, tokenizer=None, extra_files: dict | None = None) -> Path:
     """Save ``model`` (safetensors, exits in config.json) and its tokenizer atomically to ``output_dir``."""
     output_dir = Path(output_dir)
-    with atomic_dir(output_dir) as staging:
+    with atomic_directory(output_dir) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_directory
 from ..decoding import DecodingMethod, _all, _check_range, register_method
 from ..sources import PACKAGE_PREFIX, PACKAGED_MODELS, resolve_model_source
 from ._common import CachedBatch, check_inputs, eos_ids, is_eos, original_head, pad_value, stack_new_tokens
@@ -244,18 +243,12 @@ def truncate_model(source: str, num_layers: int, output_dir: str | Path) -> Path
         value = getattr(model.config, key, None)
         if isinstance(value, list):
             setattr(model.config, key, value[:num_layers])
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_directory(output_dir) as staging:
         model.save_pretrained(staging)
         try:
             AutoTokenizer.from_pretrained(path).save_pretrained(staging)
         except Exception:  # a source without a tokenizer: the folder still works as an amateur (width check only)
             pass
-        staging.rename(output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return output_dir
 
 

@@ -11,11 +11,11 @@ is the target, exactly like ``EleutherAI/lambada_openai``'s ``text`` field.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
+
+from ..atomic import atomic_open
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 _WORD = re.compile(r"^[A-Za-z]{3,}$")
@@ -125,14 +125,7 @@ def build_lambada_examples(
 def write_jsonl(rows: list[dict], output: str | Path) -> Path:
     """Write rows as jsonl atomically (a temp file renamed into place)."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(output) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return output

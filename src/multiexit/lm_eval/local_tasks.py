@@ -12,12 +12,12 @@ named after its kind) or ``mytask=lambada_local:/data/x.jsonl`` (named ``mytask`
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import yaml
+
+from ..atomic import atomic_open
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 LOCAL_TASK_KINDS = {
@@ -71,14 +71,8 @@ def write_task_yaml(kind: str, data_file: str | Path, directory: str | Path, tas
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{name}.yaml"
     body = {"include": str(template), "task": name, "dataset_kwargs": _dataset_kwargs(template, data)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(body, handle, sort_keys=False)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(target) as handle:
+        yaml.safe_dump(body, handle, sort_keys=False)
     return target
 
 

@@ -25,6 +25,8 @@ import yaml
 
 from ..config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
 
+from ..atomic import atomic_write_text
+
 MODEL_REF = "model:"  # a parameter value "model:<name>" means that config model's prepared base folder
 PACKAGE_DIR_REF = "pkgdir:"  # "pkgdir:<module>/<sub/path>": a folder inside an installed Python package
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -771,20 +773,7 @@ def _merge(base: dict, update: dict) -> dict:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary name in the same folder (never a partial file)."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_text(path, text)
 
 
 def write_json_atomic(path: str | Path, value) -> Path:
