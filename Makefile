@@ -12,6 +12,8 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
+# rules run `python scripts/...`: it must be the venv's interpreter whether or not the venv is activated
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install demo test test-fast clean-venv
 
@@ -30,8 +32,8 @@ install: $(STAMP)
 # The demo pipeline (config/config.yaml; profile workflow/profiles/default via the top-level `profiles` link),
 # then its HTML report. Interrupted? Run `make demo` again: finished jobs are not redone.
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report results/demo/report.html
+	$(BIN)/snakemake
+	$(BIN)/snakemake --report results/demo/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider --durations=25

@@ -29,6 +29,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 def _env() -> dict:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    # the rules' `python` must be this interpreter (the venv), also when the venv is not activated
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
