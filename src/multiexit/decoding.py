@@ -221,10 +221,6 @@ def describe_methods() -> str:
     return "\n".join(lines)
 
 
-def replace_params(setting: DecodingSetting, **changes) -> DecodingSetting:
-    return parse_decoding(setting.method, {**setting.params, **changes})
-
-
 __all__ = [
     "DecodingMethod",
     "DecodingSetting",
@@ -234,7 +230,6 @@ __all__ = [
     "multi_exit_output",
     "parse_decoding",
     "register_method",
-    "replace_params",
     "seed_everything",
 ]
 

@@ -15,6 +15,7 @@ final norm applied.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from .architectures import architecture_spec, get_submodule
@@ -117,7 +119,7 @@ class MultiExitMixin:
         if multi_exit_config.vocab_projection_mode is None:
             stored = getattr(self.config, "vocab_projection_mode", None)
             mode = VocabularyProjectionMode.parse(stored) if stored else VocabularyProjectionMode.LAYER_SPECIFIC_PROJECTION
-            multi_exit_config = _replace(multi_exit_config, vocab_projection_mode=mode)
+            multi_exit_config = dataclasses.replace(multi_exit_config, vocab_projection_mode=mode)
         multi_exit_config.validate_for_model(
             self.num_exit_layers, self.available_exits(multi_exit_config.vocab_projection_mode)
         )
@@ -198,8 +200,7 @@ class MultiExitMixin:
         logits_to_keep = arguments.pop("logits_to_keep", 0) or 0
         if labels is not None:
             logits_to_keep = 0
-        for unused in ("return_dict",):
-            arguments.pop(unused, None)
+        arguments.pop("return_dict", None)
         return self.multi_exit_forward(arguments, extra, labels, logits_to_keep)
 
     @classmethod
@@ -219,13 +220,10 @@ class MultiExitMixin:
         with self.capture_layers(intermediate) as captured:
             outputs = self.base_model(**body_arguments, **extra)
 
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep > 0 else (
-            slice(None) if isinstance(logits_to_keep, int) else logits_to_keep
-        )
-        last = outputs.last_hidden_state[:, keep]
+        last = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
 
         def normed(layer):
-            return last if layer == ORIGINAL or layer == top else self.final_transform(captured[layer][:, keep])
+            return last if layer == ORIGINAL or layer == top else self.final_transform(slice_logits_to_keep(captured[layer], logits_to_keep))
 
         # Exits read through the shared output head are projected in one stacked matmul: the head
         # weight (hidden x vocab) is then read once per step instead of once per exit.
@@ -264,12 +262,6 @@ class MultiExitMixin:
             attentions=getattr(outputs, "attentions", None),
             exit_losses=exit_losses,
         )
-
-
-def _replace(config: MultiExitConfiguration, **changes) -> MultiExitConfiguration:
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)
 
 
 @functools.cache
