@@ -246,8 +246,21 @@ def test_trainer_runs_on_exit_heads(tmp_path):
 def test_shared_head_exits_are_projected_in_one_stacked_call():
     _, model = build("llama", layers=(2,))
     calls = []
-    model.lm_head.register_forward_hook(lambda _m, inputs, _out: calls.append(tuple(inputs[0].shape)))
+    model.lm_head.register_forward_hook(lambda _m, inputs, _out: calls.append(("module", tuple(inputs[0].shape))))
+    stacked = model.stacked_head_logits
+
+    def record(hidden):
+        calls.append(("stacked", tuple(hidden.shape)))
+        return stacked(hidden)
+
+    model.stacked_head_logits = record
     use(model, contrast_layer_indices="original;2", vocab_projection_mode=DIRECT)
     x = torch.randint(3, 128, (3, 6))
-    model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=3, do_sample=False, pad_token_id=0)
-    assert calls == [(6, 1, 32)] * 3  # original + exit 2 stacked on the batch axis, last position only
+    out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=3, do_sample=False,
+                         pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    assert calls == [("stacked", (6, 1, 32))] * 3  # original + exit 2 stacked on the batch axis, last position only
+    # the few-rows product equals the module's own projection
+    for shape in [(6, 1, 32), (2, 40, 32)]:  # few rows (weight @ hidden.T) and many (the module itself)
+        hidden = torch.randn(shape)
+        assert torch.allclose(stacked(hidden), model.original_head_logits(hidden), atol=1e-5)
+    assert len(out.logits) == 3

@@ -33,6 +33,8 @@ from .config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
 
 EXIT_HEADS = "name_to_lm_exit_head"
 CAST_MATRICES = "name_to_cast_matrix"
+# Up to this many rows, stacked exits go through the shared head as ``weight @ hidden.T`` (see stacked_head_logits).
+_FEW_ROWS = 64
 
 # Config keys that HF passes on to AutoConfig (the rest go only to the model's from_pretrained).
 _CONFIG_KWARGS = ("gguf_file", "revision", "cache_dir", "token", "local_files_only", "trust_remote_code", "subfolder")
@@ -150,6 +152,24 @@ class MultiExitMixin:
     def original_head_logits(self, normed_hidden: torch.Tensor) -> torch.Tensor:
         return self._softcap(self.get_output_embeddings()(normed_hidden))
 
+    def stacked_head_logits(self, normed_hidden: torch.Tensor) -> torch.Tensor:
+        """:meth:`original_head_logits` of several exits stacked along the first axis, in one pass over the head.
+
+        With few rows (generation: batch x exits at the last position) the product is formed as
+        ``weight @ hidden.T``: on CPU, MKL runs ``hidden @ weight.T`` with 2-16 rows several times
+        slower than one row (27 ms vs 12 ms for 2 x 576 x 49152 on 2 threads), while ``weight @ hidden.T``
+        streams the weight once (5 ms). Many rows (scoring, training) take the module's own path.
+        """
+        head = self.get_output_embeddings()
+        rows = normed_hidden.numel() // normed_hidden.shape[-1]
+        if type(head) is not nn.Linear or rows > _FEW_ROWS:
+            return self.original_head_logits(normed_hidden)
+        flat = normed_hidden.reshape(rows, normed_hidden.shape[-1])
+        logits = torch.mm(head.weight, flat.t()).t().contiguous()
+        if head.bias is not None:
+            logits = logits + head.bias
+        return self._softcap(logits.reshape(*normed_hidden.shape[:-1], logits.shape[-1]))
+
     def uses_original_head(self, layer: int | str, mode: VocabularyProjectionMode) -> bool:
         """Whether exit ``layer`` is read through the model's own output head in ``mode``."""
         return layer == ORIGINAL or mode != VocabularyProjectionMode.LAYER_SPECIFIC_PROJECTION
@@ -231,7 +251,7 @@ class MultiExitMixin:
         shared = [layer for layer in dict.fromkeys([*output_layers, *loss_layers]) if self.uses_original_head(layer, mode)]
         if len(shared) > 1:
             inputs = [last if layer == ORIGINAL else self.exit_head_input(layer, normed(layer), mode) for layer in shared]
-            stacked = self.original_head_logits(torch.cat(inputs, dim=0))
+            stacked = self.stacked_head_logits(torch.cat(inputs, dim=0))
             cache.update(zip(shared, stacked.split(last.shape[0], dim=0)))
 
         def logits_of(layer):
