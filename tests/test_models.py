@@ -4,13 +4,14 @@ import json
 
 import pytest
 import torch
+from torch import nn
 import transformers as T
 from safetensors.torch import save_file
 
 from conftest import FAMILIES, tiny_config
 from multiexit import AutoMultiExitModel, MultiExitConfiguration, VocabularyProjectionMode
 from multiexit.architectures import SUPPORTED_ARCHITECTURES
-from multiexit.modeling import head_name
+from multiexit.modeling import few_rows_linear, head_name
 
 DIRECT = VocabularyProjectionMode.SHARED_PROJECTION_DIRECT
 CAST = VocabularyProjectionMode.SHARED_PROJECTION_CAST_OUTPUTS
@@ -246,21 +247,30 @@ def test_trainer_runs_on_exit_heads(tmp_path):
 def test_shared_head_exits_are_projected_in_one_stacked_call():
     _, model = build("llama", layers=(2,))
     calls = []
-    model.lm_head.register_forward_hook(lambda _m, inputs, _out: calls.append(("module", tuple(inputs[0].shape))))
-    stacked = model.stacked_head_logits
+    projection = model.original_head_logits
 
     def record(hidden):
-        calls.append(("stacked", tuple(hidden.shape)))
-        return stacked(hidden)
+        calls.append(tuple(hidden.shape))
+        return projection(hidden)
 
-    model.stacked_head_logits = record
+    model.original_head_logits = record
     use(model, contrast_layer_indices="original;2", vocab_projection_mode=DIRECT)
     x = torch.randint(3, 128, (3, 6))
-    out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=3, do_sample=False,
-                         pad_token_id=0, output_logits=True, return_dict_in_generate=True)
-    assert calls == [("stacked", (6, 1, 32))] * 3  # original + exit 2 stacked on the batch axis, last position only
-    # the few-rows product equals the module's own projection
-    for shape in [(6, 1, 32), (2, 40, 32)]:  # few rows (weight @ hidden.T) and many (the module itself)
-        hidden = torch.randn(shape)
-        assert torch.allclose(stacked(hidden), model.original_head_logits(hidden), atol=1e-5)
-    assert len(out.logits) == 3
+    model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert calls == [(6, 1, 32)] * 3  # original + exit 2 stacked on the batch axis, last position only
+
+
+@torch.no_grad()
+def test_few_rows_linear_equals_the_module_and_respects_hooks():
+    torch.manual_seed(0)
+    for bias in (False, True):
+        linear = nn.Linear(32, 500, bias=bias)
+        for shape in [(1, 32), (3, 1, 32), (2, 5, 32), (2, 40, 32)]:  # one row, few rows, many rows (module path)
+            hidden = torch.randn(shape)
+            out = few_rows_linear(linear, hidden)
+            assert out.shape == (*shape[:-1], 500) and out.is_contiguous()
+            assert torch.allclose(out, linear(hidden), atol=1e-5)
+    seen = []
+    linear.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].shape))
+    few_rows_linear(linear, torch.randn(3, 32))
+    assert seen == [(3, 32)]  # a hooked module (e.g. accelerate offloading) is called, not bypassed

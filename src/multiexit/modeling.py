@@ -33,7 +33,7 @@ from .config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
 
 EXIT_HEADS = "name_to_lm_exit_head"
 CAST_MATRICES = "name_to_cast_matrix"
-# Up to this many rows, stacked exits go through the shared head as ``weight @ hidden.T`` (see stacked_head_logits).
+# Up to this many rows, vocabulary projections on CPU are formed as ``weight @ hidden.T`` (see few_rows_linear).
 _FEW_ROWS = 64
 
 # Config keys that HF passes on to AutoConfig (the rest go only to the model's from_pretrained).
@@ -53,6 +53,26 @@ class MultiExitCausalLMOutput(CausalLMOutputWithPast):
     """CausalLMOutputWithPast plus the per-exit training losses (when labels were given)."""
 
     exit_losses: dict | None = None
+
+
+def few_rows_linear(linear: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``linear(hidden)``, formed as ``weight @ hidden.T`` on CPU when there are 2.._FEW_ROWS rows.
+
+    Generation projects a handful of rows (batch x exits, last position) onto the vocabulary. On CPU,
+    MKL runs ``hidden @ weight.T`` (``nn.Linear``) with 2-16 rows several times slower than with one
+    (2 x 576 x 49,152 on 2 threads: 27 ms vs 12 ms), while ``weight @ hidden.T`` streams the weight
+    once (5 ms); at 64+ rows the two are even. Same values up to float rounding. One row, many rows,
+    other devices, other module types and modules with hooks (accelerate offloading) take the
+    module's own call.
+    """
+    rows = hidden.numel() // hidden.shape[-1] if hidden.shape[-1] else 0
+    if (type(linear) is not nn.Linear or hidden.device.type != "cpu" or not 2 <= rows <= _FEW_ROWS
+            or linear._forward_hooks or linear._forward_pre_hooks or hasattr(linear, "_hf_hook")):
+        return linear(hidden)
+    logits = torch.mm(linear.weight, hidden.reshape(rows, hidden.shape[-1]).t()).t().contiguous()
+    if linear.bias is not None:
+        logits = logits + linear.bias
+    return logits.reshape(*hidden.shape[:-1], logits.shape[-1])
 
 
 def _block_output(output):
@@ -150,25 +170,7 @@ class MultiExitMixin:
         return torch.tanh(logits / cap) * cap
 
     def original_head_logits(self, normed_hidden: torch.Tensor) -> torch.Tensor:
-        return self._softcap(self.get_output_embeddings()(normed_hidden))
-
-    def stacked_head_logits(self, normed_hidden: torch.Tensor) -> torch.Tensor:
-        """:meth:`original_head_logits` of several exits stacked along the first axis, in one pass over the head.
-
-        With few rows (generation: batch x exits at the last position) the product is formed as
-        ``weight @ hidden.T``: on CPU, MKL runs ``hidden @ weight.T`` with 2-16 rows several times
-        slower than one row (27 ms vs 12 ms for 2 x 576 x 49152 on 2 threads), while ``weight @ hidden.T``
-        streams the weight once (5 ms). Many rows (scoring, training) take the module's own path.
-        """
-        head = self.get_output_embeddings()
-        rows = normed_hidden.numel() // normed_hidden.shape[-1]
-        if type(head) is not nn.Linear or rows > _FEW_ROWS:
-            return self.original_head_logits(normed_hidden)
-        flat = normed_hidden.reshape(rows, normed_hidden.shape[-1])
-        logits = torch.mm(head.weight, flat.t()).t().contiguous()
-        if head.bias is not None:
-            logits = logits + head.bias
-        return self._softcap(logits.reshape(*normed_hidden.shape[:-1], logits.shape[-1]))
+        return self._softcap(few_rows_linear(self.get_output_embeddings(), normed_hidden))
 
     def uses_original_head(self, layer: int | str, mode: VocabularyProjectionMode) -> bool:
         """Whether exit ``layer`` is read through the model's own output head in ``mode``."""
@@ -183,7 +185,7 @@ class MultiExitMixin:
     def project_exit(self, layer: int, normed_hidden: torch.Tensor, mode: VocabularyProjectionMode) -> torch.Tensor:
         """Vocabulary logits of exit ``layer`` from its final-normed hidden state."""
         if mode == VocabularyProjectionMode.LAYER_SPECIFIC_PROJECTION:
-            return self._softcap(self.name_to_lm_exit_head[head_name(layer)](normed_hidden))
+            return self._softcap(few_rows_linear(self.name_to_lm_exit_head[head_name(layer)], normed_hidden))
         return self.original_head_logits(self.exit_head_input(layer, normed_hidden, mode))
 
     @contextlib.contextmanager
@@ -246,12 +248,12 @@ class MultiExitMixin:
             return last if layer == ORIGINAL or layer == top else self.final_transform(slice_logits_to_keep(captured[layer], logits_to_keep))
 
         # Exits read through the shared output head are projected in one stacked matmul: the head
-        # weight (hidden x vocab) is then read once per step instead of once per exit.
+        # weight (hidden x vocab) is then read once per step instead of once per exit (see few_rows_linear).
         cache: dict = {}
         shared = [layer for layer in dict.fromkeys([*output_layers, *loss_layers]) if self.uses_original_head(layer, mode)]
         if len(shared) > 1:
             inputs = [last if layer == ORIGINAL else self.exit_head_input(layer, normed(layer), mode) for layer in shared]
-            stacked = self.stacked_head_logits(torch.cat(inputs, dim=0))
+            stacked = self.original_head_logits(torch.cat(inputs, dim=0))
             cache.update(zip(shared, stacked.split(last.shape[0], dim=0)))
 
         def logits_of(layer):
