@@ -213,20 +213,21 @@ def _tiny_run(workdir: Path, extra: list[str] = (), **kwargs) -> subprocess.Pope
     )
 
 
-def _interrupt(process: subprocess.Popen, attempts: int = 30) -> str:
-    """Ctrl-C (SIGINT to Snakemake and its jobs) until the run stops; returns the rest of its output.
+def _interrupt(process: subprocess.Popen, grace: float = 20.0) -> tuple[str, bool]:
+    """Ctrl-C (SIGINT to Snakemake and its jobs); if the run has not stopped ``grace`` s later, kill it
+    and its jobs outright (a crash). Returns (the rest of its output, whether it had to be killed).
 
-    Snakemake's log handler swallows a KeyboardInterrupt that lands while it writes a line, and with no
-    job running at that moment the run would go on; a user would press Ctrl-C again, so this does too.
+    Snakemake 9.27 does not always honour Ctrl-C: a KeyboardInterrupt that lands while its log handler
+    writes a line is swallowed, and one that lands inside its asyncio runs cancels a task instead; under
+    load we saw a run take a dozen SIGINTs and finish with exit 0. (SIGTERM is worse: its handler takes
+    the scheduler lock the main thread may already hold, and the run hangs.)
     """
-    for _ in range(attempts):
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            return process.communicate(timeout=10)[0]  # a retried communicate() keeps what was already read
-        except subprocess.TimeoutExpired:
-            continue
-    os.killpg(process.pid, signal.SIGKILL)
-    raise AssertionError(f"Snakemake did not stop after {attempts} SIGINTs: {process.communicate()[0][-3000:]}")
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        return process.communicate(timeout=grace)[0], False
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.communicate()[0], True
 
 
 @pytest.mark.slow
@@ -243,12 +244,16 @@ def test_tiny_config_end_to_end_with_interruption(tmp_path):
             break
     assert trained.is_file(), "".join(seen)[-4000:]
     assert first.poll() is None, "the run finished before it could be interrupted"
-    log = "".join(seen) + _interrupt(first)
-    assert first.returncode != 0, log[-4000:]
+    rest, crashed = _interrupt(first)
+    assert first.returncode != 0, ("".join(seen) + rest)[-4000:]
     assert not (results / "tables" / "results.csv").exists()
     finished = {path: path.stat().st_mtime_ns for path in [trained, results / "smollm2" / "base" / "prepared.json",
                                                           results / "smollm2" / "heads" / "config.json"]}
 
+    if crashed:  # a killed Snakemake leaves its lock behind; the documented recovery is --unlock, then rerun
+        unlock = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(TINY), "--unlock"],
+                                cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        assert unlock.returncode == 0, unlock.stdout + unlock.stderr
     second = _tiny_run(tmp_path)
     second_log = second.communicate(timeout=1800)[0]
     assert second.returncode == 0, second_log[-5000:]
