@@ -51,6 +51,12 @@ def time_generate(model, batch, new_tokens: int, pad_id: int) -> float:
     return out.shape[0] * new_tokens / elapsed
 
 
+def rotated(names: list[str], turn: int) -> list[str]:
+    """``names`` starting at position ``turn`` (mod len): each variant takes every place in the order."""
+    turn %= len(names)
+    return names[turn:] + names[:turn]
+
+
 def paired_step_times(variants: dict, batch, context_tokens: int, steps: int, pad_id: int) -> dict[str, list[float]]:
     """Seconds per decoding step of each variant, the variants taking turns one step at a time."""
     names = list(variants)
@@ -66,8 +72,7 @@ def paired_step_times(variants: dict, batch, context_tokens: int, steps: int, pa
             caches[name] = out.cache
         times = {name: [] for name in names}
         for step in range(steps + 2):  # the first two rounds warm up
-            order = names[step % len(names):] + names[:step % len(names)]
-            for name in order:
+            for name in rotated(names, step):
                 start = time.perf_counter()
                 variants[name](input_ids=next_token, attention_mask=mask, position_ids=step_position,
                                cache=caches[name], use_cache=True, logits_to_keep=1)
@@ -119,8 +124,7 @@ def main() -> None:
             time_generate(model, batch, 4, pad_id)
         rounds = []
         for round_index in range(args.repeats):
-            order = names[round_index % len(names):] + names[:round_index % len(names)]
-            rounds.append({name: time_generate(variants[name], batch, args.new_tokens, pad_id) for name in order})
+            rounds.append({name: time_generate(variants[name], batch, args.new_tokens, pad_id) for name in rotated(names, round_index)})
         for name in names:
             speeds = [r[name] for r in rounds]
             print(f"batch {batch_size}: {name:>18} best {max(speeds):6.1f} tok/s, median {statistics.median(speeds):6.1f} tok/s")

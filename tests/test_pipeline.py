@@ -205,10 +205,14 @@ def test_tables_from_result_files(tmp_path):
 # ------------------------------------------------------------------------------------ real runs
 
 
+def _tiny_argv(workdir: Path, *extra: str) -> list[str]:
+    """Snakemake on the tiny config in ``workdir``."""
+    return [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(TINY), *extra]
+
+
 def _tiny_run(workdir: Path, extra: list[str] = (), **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(TINY), "--cores", "2", "--rerun-incomplete",
-         "--printshellcmds", *extra],
+        _tiny_argv(workdir, "--cores", "2", "--rerun-incomplete", "--printshellcmds", *extra),
         cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs,
     )
 
@@ -219,7 +223,7 @@ def _interrupt(process: subprocess.Popen, grace: float = 20.0) -> tuple[str, boo
 
     Snakemake 9.27 does not always honour Ctrl-C: a KeyboardInterrupt that lands while its log handler
     writes a line is swallowed, and one that lands inside its asyncio runs cancels a task instead; under
-    load we saw a run take a dozen SIGINTs and finish with exit 0. (SIGTERM is worse: its handler takes
+    load we saw a run receive a SIGINT every 10 s and still finish with exit 0. (SIGTERM is worse: its handler takes
     the scheduler lock the main thread may already hold, and the run hangs.)
     """
     os.killpg(process.pid, signal.SIGINT)
@@ -251,8 +255,8 @@ def test_tiny_config_end_to_end_with_interruption(tmp_path):
                                                           results / "smollm2" / "heads" / "config.json"]}
 
     if crashed:  # a killed Snakemake leaves its lock behind; the documented recovery is --unlock, then rerun
-        unlock = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(TINY), "--unlock"],
-                                cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+        unlock = subprocess.run(_tiny_argv(tmp_path, "--unlock"), cwd=REPO, env=_env(), capture_output=True, text=True,
+                                timeout=300)
         assert unlock.returncode == 0, unlock.stdout + unlock.stderr
     second = _tiny_run(tmp_path)
     second_log = second.communicate(timeout=1800)[0]
@@ -286,8 +290,7 @@ def test_tiny_config_end_to_end_with_interruption(tmp_path):
         assert list((results / "benchmarks" / rule).rglob("*.tsv")) or (results / "benchmarks" / f"{rule}.tsv").is_file(), rule
 
     # a third run has nothing to do
-    third = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", str(TINY), "-n"], cwd=REPO, env=_env(),
-                           capture_output=True, text=True, timeout=300)
+    third = subprocess.run(_tiny_argv(tmp_path, "-n"), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "Nothing to be done" in third.stdout + third.stderr
 
 

@@ -65,7 +65,7 @@ def few_rows_linear(linear: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     other devices, other module types and modules with hooks (accelerate offloading) take the
     module's own call.
     """
-    rows = hidden.numel() // hidden.shape[-1] if hidden.shape[-1] else 0
+    rows = hidden.numel() // hidden.shape[-1]
     if (type(linear) is not nn.Linear or hidden.device.type != "cpu" or not 2 <= rows <= _FEW_ROWS
             or linear._forward_hooks or linear._forward_pre_hooks or hasattr(linear, "_hf_hook")):
         return linear(hidden)
@@ -252,7 +252,7 @@ class MultiExitMixin:
         cache: dict = {}
         shared = [layer for layer in dict.fromkeys([*output_layers, *loss_layers]) if self.uses_original_head(layer, mode)]
         if len(shared) > 1:
-            inputs = [last if layer == ORIGINAL else self.exit_head_input(layer, normed(layer), mode) for layer in shared]
+            inputs = [self.exit_head_input(layer, normed(layer), mode) for layer in shared]
             stacked = self.original_head_logits(torch.cat(inputs, dim=0))
             cache.update(zip(shared, stacked.split(last.shape[0], dim=0)))
 
