@@ -2,8 +2,8 @@
 
 Prompts: gensim's ``lee_background.cor`` news articles (catalog ``gensim-lee``), 32-token prompts,
 references of 128..256 tokens, ``--new-tokens`` (128) new tokens; the same prompt set as the
-generation runs. Methods (all through ``multiexit.generation.run_generation``, scored with
-``multiexit.metrics.score_rows``):
+generation runs. Methods (all through ``multiexit.stages.generate.run_generation``, scored with
+``multiexit.stages.score.score_rows``):
 
 * greedy (reference point)
 * contrastive_search: top_k=5, penalty_alpha=0.6
@@ -34,12 +34,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from multiexit.baselines import derived_settings, last_run_info
-from multiexit.baselines.contrastive_decoding import check_tokenizers, load_amateur, truncate_model
-from multiexit.data import load_prompts
-from multiexit.generation import atomic_write_text, load_generation_model, make_run, meta_path, read_jsonl, run_generation
-from multiexit.metrics import score_rows
-from multiexit.sources import cache_dir, package_dir, packaged_model_dir
+from multiexit.decoding.derived import derived_settings, last_run_info
+from multiexit.decoding.contrastive_decoding import check_tokenizers, load_amateur, truncate_model
+from multiexit.inputs.prompts import load_prompts
+from multiexit.stages.generate import atomic_write_text, load_generation_model, make_run, meta_path, read_jsonl, run_generation
+from multiexit.stages.score import score_rows
+from multiexit.inputs.models import cache_dir, package_dir, packaged_model_dir
 
 MODEL = "package:smollm2-135m"
 

@@ -3,7 +3,7 @@
 
 For each model (SmolLM2-135M and Gemma 3 270M, both from their PyPI packages) and each decoding
 setting, generate continuations of news prompts from gensim's ``lee_background.cor`` with
-:func:`multiexit.generation.run_generation`, score them with :func:`multiexit.metrics.score_rows`
+:func:`multiexit.stages.generate.run_generation`, score them with :func:`multiexit.stages.score.score_rows`
 (diversity in both conventions, MAUVE, coherence, lengths) and print one table with tokens/s.
 
 ACD runs use logit-lens exits (``vocab_projection_mode=shared_projection_direct``: the model's own
@@ -27,9 +27,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 
-from multiexit.data import load_prompts
-from multiexit.generation import atomic_write_text, load_generation_model, make_run, meta_path, read_jsonl, run_generation
-from multiexit.metrics import ScoreSettings, score_rows
+from multiexit.inputs.prompts import load_prompts
+from multiexit.stages.generate import atomic_write_text, load_generation_model, make_run, meta_path, read_jsonl, run_generation
+from multiexit.stages.score import ScoreSettings, score_rows
 
 MODELS = {"smollm2-135m": (15, 22), "gemma3-270m": (9, 13)}  # (amateur layers) of 30 and 18 layers
 

@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from multiexit import AutoMultiExitModel, MultiExitConfiguration
-from multiexit.sources import packaged_model_dir
+from multiexit.inputs.models import packaged_model_dir
 
 PROMPTS = [
     "The history of the city of London began",

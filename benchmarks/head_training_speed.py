@@ -56,10 +56,10 @@ def main(argv=None) -> int:
 
     from transformers import AutoTokenizer
 
-    from multiexit.config import MultiExitConfiguration
-    from multiexit.sources import resolve_model_source
-    from multiexit.text_data import collate_chunks, load_token_chunks
-    from multiexit.training import ExitObjective, HeadTrainingConfig, prepare_model_for_training, trainable_parameters
+    from multiexit.model.config import MultiExitConfiguration
+    from multiexit.inputs.models import resolve_model_source
+    from multiexit.inputs.corpora import collate_chunks, load_token_chunks
+    from multiexit.stages.train_heads import ExitObjective, HeadTrainingConfig, prepare_model_for_training, trainable_parameters
 
     source = resolve_model_source(args.model)
     config = HeadTrainingConfig(exits=args.exits, init="warm", batch_size=args.batch_size)

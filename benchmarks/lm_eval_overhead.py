@@ -53,9 +53,9 @@ def main(argv=None) -> int:
     from lm_eval.models.huggingface import HFLM
 
     from multiexit import MultiExitConfiguration
-    from multiexit.lm_eval import MultiExitLM, build_lambada_examples, run_lm_eval, write_jsonl
-    from multiexit.lm_eval.runner import _atomic_write
-    from multiexit.sources import resolve_model_source
+    from multiexit.stages.lm_eval import MultiExitLM, build_lambada_examples, run_lm_eval, write_jsonl
+    from multiexit.stages.lm_eval.runner import _atomic_write
+    from multiexit.inputs.models import resolve_model_source
 
     data = Path(args.data)
     if not data.is_file():

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from multiexit.cast import run_cast_fit
+from multiexit.stages.fit_cast import run_cast_fit
 
 
 def build_parser() -> argparse.ArgumentParser:

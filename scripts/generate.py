@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Open-ended generation: one model x one decoding setting x one prompt set -> JSONL + <name>.meta.json.
 
-Thin command line over :mod:`multiexit.generation`; every setting is validated before the model loads.
+Thin command line over :mod:`multiexit.stages.generate`; every setting is validated before the model loads.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def _json_object(text: str, what: str) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from multiexit.data import describe_catalog
-    from multiexit.decoding import describe_methods
+    from multiexit.inputs.prompts import describe_catalog
+    from multiexit.decoding.registry import describe_methods
 
     parser = argparse.ArgumentParser(
         description=__doc__,
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from multiexit import generation
+    import multiexit.stages.generate as generation
 
     if args.merge:
         generation.merge_shards(args.merge, args.output)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run lm-evaluation-harness on a (multi-exit) model and write results to a fixed path.
 
-Thin command line over multiexit.lm_eval.run_lm_eval for Snakemake rules. Examples:
+Thin command line over multiexit.stages.lm_eval.run_lm_eval for Snakemake rules. Examples:
 
   # ACD (original head as expert, layer 12 as amateur) on a local LAMBADA-format file
   python scripts/lm_eval_run.py --model-args "pretrained=package:smollm2-135m,use_original_head=False,contrast_layer_indices=original;12" \
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from multiexit.lm_eval import run_lm_eval
+    from multiexit.stages.lm_eval import run_lm_eval
 
     results = run_lm_eval(
         args.model_args,

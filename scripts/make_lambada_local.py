@@ -26,8 +26,8 @@ def main(argv=None) -> int:
     parser.add_argument("--task-name", default="lambada_local", help="task name of the YAML (default lambada_local)")
     args = parser.parse_args(argv)
 
-    from multiexit.lm_eval.lambada_local import build_lambada_examples, write_jsonl
-    from multiexit.lm_eval.local_tasks import write_task_yaml
+    from multiexit.stages.lm_eval.lambada_local import build_lambada_examples, write_jsonl
+    from multiexit.stages.lm_eval.local_tasks import write_task_yaml
 
     rows = build_lambada_examples(
         args.source,

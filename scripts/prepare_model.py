@@ -16,15 +16,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from multiexit.atomic import atomic_directory
-from multiexit.sources import PACKAGE_PREFIX, resolve_model_source
+from multiexit.io import atomic_directory
+from multiexit.inputs.models import PACKAGE_PREFIX, resolve_model_source
 
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*", "*.py"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", required=True, help="Hub name, local folder, or package:<name> (multiexit.sources)")
+    parser.add_argument("--source", required=True, help="Hub name, local folder, or package:<name> (multiexit.inputs.models)")
     parser.add_argument("--output", required=True, help="folder to create")
     parser.add_argument("--num-layers", type=int, required=True, help="expected number of transformer blocks")
     parser.add_argument("--exits", default="", help="';'-separated exit layers the checkpoint must carry (with --multi-exit-checkpoint)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Score one generation file (JSONL from scripts/generate.py) -> one metrics JSON.
 
-Thin command line over :func:`multiexit.metrics.score_rows`; see docs/metrics.md for the protocol.
+Thin command line over :func:`multiexit.stages.score.score_rows`; see docs/metrics.md for the protocol.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from multiexit.generation import atomic_write_text, meta_path, read_jsonl
-    from multiexit.metrics import ScoreSettings, check_rows, score_rows
+    from multiexit.stages.generate import atomic_write_text, meta_path, read_jsonl
+    from multiexit.stages.score import ScoreSettings, check_rows, score_rows
 
     try:
         try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multiexit.training import DataSettings, HeadTrainingConfig, format_metrics_table, run_head_training
+from multiexit.stages.train_heads import DataSettings, HeadTrainingConfig, format_metrics_table, run_head_training
 
 
 def build_parser() -> argparse.ArgumentParser:

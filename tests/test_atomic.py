@@ -2,7 +2,7 @@
 
 import pytest
 
-from multiexit.atomic import atomic_directory, atomic_open, atomic_write_text
+from multiexit.io import atomic_directory, atomic_open, atomic_write_text
 
 
 def test_atomic_file_write_and_failure(tmp_path):

@@ -9,10 +9,10 @@ import torch
 
 from conftest import tiny_config
 from multiexit import AutoMultiExitModel
-from multiexit.baselines import derived_settings, last_run_info
-from multiexit.baselines import contrastive_decoding as cd
-from multiexit.baselines import dola
-from multiexit.decoding import generate, parse_decoding, seed_everything
+from multiexit.decoding.derived import derived_settings, last_run_info
+from multiexit.decoding.derived import contrastive_decoding as cd
+from multiexit.decoding.derived import dola
+from multiexit.decoding.registry import generate, parse_decoding, seed_everything
 
 PAD, EOS = 0, 2
 NEW = 8

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from multiexit.cast import LinearFitStats, add_cast_matrices, fit_cast_matrices, fit_linear_map, sample_positions
-from multiexit.config import MultiExitConfiguration
-from multiexit.modeling import AutoMultiExitModel
+from multiexit.stages.fit_cast import LinearFitStats, add_cast_matrices, fit_cast_matrices, fit_linear_map, sample_positions
+from multiexit.model.config import MultiExitConfiguration
+from multiexit.model.modeling import AutoMultiExitModel
 
 
 def test_streaming_least_squares_recovers_a_planted_map():
@@ -93,8 +93,8 @@ def test_fit_cast_cli_adds_casts_to_a_checkpoint_with_heads(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    from multiexit.decoding import generate, parse_decoding
-    from multiexit.sources import gpt2_tokenizer
+    from multiexit.decoding.registry import generate, parse_decoding
+    from multiexit.inputs.models import gpt2_tokenizer
 
     torch.manual_seed(0)
     source = tmp_path / "heads"

@@ -3,7 +3,7 @@
 import pytest
 
 from multiexit import MultiExitConfiguration, VocabularyProjectionMode
-from multiexit.config import ORIGINAL
+from multiexit.model.config import ORIGINAL
 
 
 def test_string_forms():

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from multiexit import calculate_contrasted_logits
-from multiexit.contrast import plausible_head_mask
+from multiexit.model.contrast import plausible_head_mask
 
 
 def test_hand_computed_case():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from multiexit.data import (
+from multiexit.inputs.prompts import (
     CATALOG,
     DatasetRequest,
     build_prompts,
@@ -98,7 +98,7 @@ def test_gensim_lee_news_prompts(gpt2_tokenizer):
 def test_bos_is_prepended_for_tokenizers_that_add_it(smollm2_dir, tmp_path):
     from transformers import AutoTokenizer
 
-    from multiexit.sources import packaged_model_dir
+    from multiexit.inputs.models import packaged_model_dir
 
     gemma = AutoTokenizer.from_pretrained(packaged_model_dir("gemma3-270m"))
     assert special_prefix_ids(gemma) == [gemma.bos_token_id]
@@ -152,7 +152,7 @@ def test_missing_file_is_an_error(tmp_path):
 
 
 def test_build_prompts_without_limit_takes_all_usable(gpt2_tokenizer):
-    from multiexit.data import Document
+    from multiexit.inputs.prompts import Document
 
     docs = [Document(f"d{i}", _words(60 if i % 2 else 5)) for i in range(6)]
     prompts = build_prompts(docs, gpt2_tokenizer, DatasetRequest(name="local", path="x", num_prompts=None, prompt_tokens=4, min_reference_tokens=40))
@@ -163,7 +163,7 @@ def test_hub_entries_read_a_datasets_table(monkeypatch):
     """The Hub code path on a real ``datasets.Dataset`` (the download itself is replaced: no network here)."""
     import datasets
 
-    import multiexit.data as data
+    import multiexit.inputs.prompts as data
 
     tables = {
         "wikitext": datasets.Dataset.from_dict({"text": [

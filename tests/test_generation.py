@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from multiexit import generation
-from multiexit.data import Prompt
-from multiexit.generation import (
+import multiexit.stages.generate as generation
+from multiexit.inputs.prompts import Prompt
+from multiexit.stages.generate import (
     finish_row,
     generate_rows,
     make_run,
@@ -254,8 +254,8 @@ REQUIRED_EXAMPLES = {
 
 
 def test_every_registered_method_runs_the_same_way(tmp_path, tiny_model_dir, tiny_loaded):
-    """Built-in and baseline methods (registered into multiexit.decoding) go through one code path."""
-    from multiexit.decoding import METHODS
+    """Built-in and baseline methods (registered into multiexit.decoding.registry) go through one code path."""
+    from multiexit.decoding.registry import METHODS
 
     examples = {**REQUIRED_EXAMPLES, "contrastive_decoding": {"amateur": tiny_model_dir}}
     dataset = {**DATASET, "num_prompts": 2}

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from multiexit import AutoMultiExitModel, MultiExitConfiguration, calculate_contrasted_logits
-from multiexit.config import VocabularyProjectionMode
-from multiexit.lm_eval import (
+from multiexit.model.config import VocabularyProjectionMode
+from multiexit.stages.lm_eval import (
     LOCAL_TASK_KINDS,
     MultiExitLM,
     build_lambada_examples,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from multiexit.metrics import (
+from multiexit.stages.score import (
     ScoreSettings,
     SentenceEncoder,
     coherence_metrics,

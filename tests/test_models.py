@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from conftest import FAMILIES, tiny_config
 from multiexit import AutoMultiExitModel, MultiExitConfiguration, VocabularyProjectionMode
-from multiexit.architectures import SUPPORTED_ARCHITECTURES
-from multiexit.modeling import few_rows_linear, head_name
+from multiexit.model.architectures import SUPPORTED_ARCHITECTURES
+from multiexit.model.modeling import few_rows_linear, head_name
 
 DIRECT = VocabularyProjectionMode.SHARED_PROJECTION_DIRECT
 CAST = VocabularyProjectionMode.SHARED_PROJECTION_CAST_OUTPUTS

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoTokenizer
 
 from multiexit import AutoMultiExitModel
-from multiexit.decoding import generate, parse_decoding
+from multiexit.decoding.registry import generate, parse_decoding
 
 PROMPT = "The history of the city of London began"
 COMMON = {"the", "of", "and", "in", "a", "to", "was", "is", "by", "with", "as", "for", "on", "which", "that"}

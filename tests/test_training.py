@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from multiexit.config import MultiExitConfiguration, VocabularyProjectionMode
-from multiexit.modeling import AutoMultiExitModel
-from multiexit.text_data import (
+from multiexit.model.config import MultiExitConfiguration, VocabularyProjectionMode
+from multiexit.model.modeling import AutoMultiExitModel
+from multiexit.inputs.corpora import (
     collate_chunks,
     collate_task,
     encode_task_examples,
@@ -24,7 +24,7 @@ from multiexit.text_data import (
     read_local_documents,
     NAMED_LOCAL,
 )
-from multiexit.training import (
+from multiexit.stages.train_heads import (
     ExitObjective,
     HeadTrainingConfig,
     evaluate_exits,
@@ -127,7 +127,7 @@ def test_kl_objective_trains_towards_final_layer(tiny_dir, chunks):
 
 
 def test_original_head_finetuning_unties_and_keeps_embeddings(tiny_dir, chunks, tmp_path):
-    from multiexit.training import save_trained_model
+    from multiexit.stages.train_heads import save_trained_model
 
     config = HeadTrainingConfig(exits=[2, "original"], init="warm", learning_rate=1e-2, max_steps=6, batch_size=4)
     model = prepare_model_for_training(str(tiny_dir), config)
@@ -211,7 +211,7 @@ def test_cli_outputs_checkpoint_that_generates_with_acd(tiny_dir, tmp_path):
     assert (out / "loss_history.csv").read_text().splitlines()[0] == "step,tokens,lr,exit,loss"
 
     model = AutoMultiExitModel.from_pretrained(out)
-    from multiexit.decoding import generate, parse_decoding
+    from multiexit.decoding.registry import generate, parse_decoding
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     ids = tokenizer(["The bank said"], return_tensors="pt")
@@ -308,7 +308,7 @@ def test_text_data_formats_split_and_seed(tmp_path, tiny_dir):
     from datasets import load_dataset
     from transformers import AutoTokenizer
 
-    from multiexit.text_data import _blocks, buffer_shuffle
+    from multiexit.inputs.corpora import _blocks, buffer_shuffle
 
     blocks = tmp_path / "blocks.txt"
     blocks.write_text("first doc\nstill first\n\nsecond doc\n\n\nthird doc\n")

@@ -1,15 +1,6 @@
-"""``python -m multiexit.lm_eval ...``: lm-eval's command line with the multi-exit model registered.
+"""``python -m multiexit.lm_eval``: runs :mod:`multiexit.stages.lm_eval.__main__` (lm-eval's CLI, model registered)."""
 
-Example (offline, a local LAMBADA-format task written by scripts/make_lambada_local.py)::
-
-    python -m multiexit.lm_eval --model multi_exit \
-        --model_args pretrained=package:smollm2-135m,use_original_head=False,contrast_layer_indices='original;12' \
-        --include_path results/tasks --tasks lambada_local --device cpu --batch_size 8
-"""
-
-from lm_eval.__main__ import cli_evaluate
-
-from . import model as _registers_multi_exit  # noqa: F401
+import runpy
 
 if __name__ == "__main__":
-    cli_evaluate()
+    runpy.run_module("multiexit.stages.lm_eval", run_name="__main__", alter_sys=True)

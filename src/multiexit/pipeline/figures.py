@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .tables import METRIC_NAMES, tidy_results
-from .training_reports import read_loss_history
+from multiexit.pipeline.tables import METRIC_NAMES, tidy_results
+from multiexit.pipeline.results import read_loss_history
 
 
 def _plt():

@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
-from ..config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
+from multiexit.model.config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
 
-from ..atomic import atomic_write_text
+from multiexit.io import atomic_write_text
 
 MODEL_REF = "model:"  # a parameter value "model:<name>" means that config model's prepared base folder
 PACKAGE_DIR_REF = "pkgdir:"  # "pkgdir:<module>/<sub/path>": a folder inside an installed Python package
@@ -601,7 +601,7 @@ def _check_model_refs(value, models: dict, key: str) -> None:
 
 def build_plan(config: dict, schema: dict | str | Path | None = None, *, validated: bool = False) -> Plan:
     """Validate ``config`` (schema + semantics) and expand its grid into a :class:`Plan`."""
-    from ..decoding import METHODS, parse_decoding
+    from multiexit.decoding.registry import METHODS, parse_decoding
 
     if not validated:
         config = validate_config(config, schema)
@@ -672,7 +672,7 @@ def build_plan(config: dict, schema: dict | str | Path | None = None, *, validat
                     settings[model].append(Setting(model, full_label, method, setting.params, seed, key))
 
     # datasets
-    from ..data import DatasetRequest
+    from multiexit.inputs.prompts import DatasetRequest
 
     for name, spec in config["datasets"].items():
         request = dataset_request(spec)
@@ -687,7 +687,7 @@ def build_plan(config: dict, schema: dict | str | Path | None = None, *, validat
 
     _check_model_refs(config["metrics"], models, "metrics")
     try:
-        from ..metrics import ScoreSettings
+        from multiexit.stages.score import ScoreSettings
 
         ScoreSettings.from_dict(dict(config["metrics"]))
     except ValueError as err:
@@ -747,7 +747,7 @@ PIPELINE_DATASET_KEYS = ("shards", "new_tokens")
 
 
 def dataset_request(spec: dict) -> dict:
-    """The multiexit.data.DatasetRequest part of a dataset entry (pipeline-only keys removed)."""
+    """The multiexit.inputs.prompts.DatasetRequest part of a dataset entry (pipeline-only keys removed)."""
     return {k: v for k, v in spec.items() if k not in PIPELINE_DATASET_KEYS}
 
 

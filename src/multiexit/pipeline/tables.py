@@ -108,7 +108,7 @@ def benchmark_rows(manifest: dict) -> list[dict]:
 
 def training_rows(manifest: dict) -> list[dict]:
     """Per-exit held-out metrics before/after training, from each model's training report."""
-    from .training_reports import read_training_report
+    from multiexit.pipeline.results import read_training_report
 
     rows = []
     for model, spec in manifest["models"].items():
@@ -218,7 +218,7 @@ def benchmark_table(frame: pd.DataFrame, metrics: list[str]) -> tuple[list[str],
 
 def write_tables(manifest: dict, output_dir: str | Path) -> dict[str, Path]:
     """Write results.csv, generation.{md,tex}, benchmarks.{md,tex} into ``output_dir`` (atomically each)."""
-    from .grid import write_text_atomic
+    from multiexit.pipeline.grid import write_text_atomic
 
     output_dir = Path(output_dir)
     frame = tidy_results(manifest)

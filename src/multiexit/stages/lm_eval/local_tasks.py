@@ -1,7 +1,7 @@
 """Offline lm-eval tasks over local files: LAMBADA-format jsonl and rolling text perplexity.
 
 The templates in ``multiexit/lm_eval/tasks/`` leave the data file open. A task over a real
-file is either a config dict (for :func:`multiexit.lm_eval.run_lm_eval`, built by
+file is either a config dict (for :func:`multiexit.stages.lm_eval.run_lm_eval`, built by
 :func:`local_task_config`) or a YAML file that includes the template (for the command
 line's ``--include_path``, written by :func:`write_task_yaml`).
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import atomic_open
+from multiexit.io import atomic_open
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 LOCAL_TASK_KINDS = {

@@ -7,7 +7,7 @@ Each output row is ``{id, prompt, reference, generation, n_new_tokens, stop_reas
 * ``stop_reason`` is ``"eos"`` when the model ended the text before the limit, else ``"length"``.
 
 Next to ``<name>.jsonl`` a sidecar ``<name>.meta.json`` records the decoding setting (method and
-full parameter dict, whatever method the registry of :mod:`multiexit.decoding` holds), the model,
+full parameter dict, whatever method the registry of :mod:`multiexit.decoding.registry` holds), the model,
 the dataset request, seed, batch size, shard layout, library versions, device, wall time and
 tokens/s.
 
@@ -34,11 +34,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import decoding
-from .atomic import atomic_write_text
-from .data import DatasetRequest, Prompt, load_prompts
-from .baselines import derived_settings
-from .decoding import DecodingSetting, parse_decoding, seed_everything
+import multiexit.decoding.registry as decoding
+from multiexit.io import atomic_write_text
+from multiexit.inputs.prompts import DatasetRequest, Prompt, load_prompts
+from multiexit.decoding.derived import derived_settings
+from multiexit.decoding.registry import DecodingSetting, parse_decoding, seed_everything
 
 ROW_FIELDS = ("id", "prompt", "reference", "generation", "n_new_tokens", "stop_reason")
 
@@ -86,7 +86,7 @@ def shard_seed(seed: int, shard: int) -> int:
 def library_versions() -> dict:
     import transformers
 
-    from . import __version__
+    from multiexit import __version__
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__, "multiexit": __version__}
     for module in ("datasets", "tokenizers"):
@@ -163,8 +163,8 @@ def load_generation_model(model: str, device: torch.device, dtype: torch.dtype):
     """The multi-exit model (original head by default) and its tokenizer from a local folder, Hub name or ``package:``."""
     from transformers import AutoTokenizer
 
-    from .modeling import AutoMultiExitModel
-    from .sources import resolve_model_source
+    from multiexit.model.modeling import AutoMultiExitModel
+    from multiexit.inputs.models import resolve_model_source
 
     source = resolve_model_source(model)
     tokenizer = AutoTokenizer.from_pretrained(source)

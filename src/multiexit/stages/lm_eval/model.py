@@ -25,9 +25,9 @@ import transformers
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from ..config import MultiExitConfiguration
-from ..modeling import AutoMultiExitModel, is_multi_exit_model
-from ..sources import resolve_model_source
+from multiexit.model.config import MultiExitConfiguration
+from multiexit.model.modeling import AutoMultiExitModel, is_multi_exit_model
+from multiexit.inputs.models import resolve_model_source
 
 
 class _MultiExitLoader:

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .contrast import calculate_contrasted_logits, check_contrast_parameters
+from multiexit.model.contrast import calculate_contrasted_logits, check_contrast_parameters
 
 ORIGINAL = "original"
 

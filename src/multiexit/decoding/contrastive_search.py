@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..decoding import DecodingMethod, _all, _check_range, register_method
-from ._common import CachedBatch, check_inputs, eos_ids, is_eos, original_head, pad_value, stack_new_tokens
+from multiexit.decoding.registry import DecodingMethod, all_checks, check_range, register_method
+from multiexit.decoding.common import CachedBatch, check_inputs, eos_ids, is_eos, original_head, pad_value, stack_new_tokens
 
 DEFAULTS = {"top_k": 5, "penalty_alpha": 0.6}
 
@@ -73,6 +73,6 @@ register_method(
         dict(DEFAULTS),
         contrastive_search,
         "contrastive search (Su et al. 2022): top_k candidates scored by (1-penalty_alpha)*p - penalty_alpha*max cosine similarity",
-        validate=_all(_check_range("top_k", 1, 10**6, integer=True), _check_range("penalty_alpha", 0.0, 1.0)),
+        validate=all_checks(check_range("top_k", 1, 10**6, integer=True), check_range("penalty_alpha", 0.0, 1.0)),
     )
 )

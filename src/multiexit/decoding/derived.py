@@ -1,4 +1,4 @@
-"""Decoding baselines registered into :mod:`multiexit.decoding` by name.
+"""Decoding baselines registered into :mod:`multiexit.decoding.registry` by name.
 
 * ``contrastive_search`` (Su et al. 2022): parameters ``top_k``, ``penalty_alpha``;
 * ``contrastive_decoding`` (Li et al. 2023): ``amateur`` (required), ``alpha``, ``amateur_temperature``,
@@ -12,7 +12,7 @@ Each is a hand-written, batched loop over a left-padded batch with its own KV ca
 
 from __future__ import annotations
 
-from . import contrastive_decoding, contrastive_search, dola  # noqa: F401  (register the methods)
+from multiexit.decoding import contrastive_decoding, dola
 
 BASELINES = ("contrastive_search", "contrastive_decoding", "dola")
 
@@ -20,9 +20,9 @@ BASELINES = ("contrastive_search", "contrastive_decoding", "dola")
 def derived_settings(model, setting) -> dict:
     """Settings a baseline resolves from the model (to record next to ``setting.params``); {} for other methods.
 
-    ``setting`` is a :class:`multiexit.decoding.DecodingSetting` (or a dict with method/params).
+    ``setting`` is a :class:`multiexit.decoding.registry.DecodingSetting` (or a dict with method/params).
     DoLa: the resolved candidate layers and the model's layer count (plus, after a run, how often
-    each premature layer was chosen: :func:`multiexit.baselines.dola.last_run_layer_counts`).
+    each premature layer was chosen: :func:`multiexit.decoding.dola.last_run_layer_counts`).
     Contrastive decoding: the amateur's resolved folder and size.
     """
     method = setting["method"] if isinstance(setting, dict) else setting.method
@@ -36,7 +36,7 @@ def derived_settings(model, setting) -> dict:
             "early_layers_final_norm": bool(params["final_norm"]),
         }
     if method == "contrastive_decoding":
-        from ..sources import resolve_model_source
+        from multiexit.inputs.models import resolve_model_source
 
         info = {"amateur_path": resolve_model_source(str(params["amateur"]))}
         try:

@@ -3,7 +3,7 @@
 For each cast layer ``l`` we fit ``W_l`` by least squares so that ``W_l @ norm(h_l) ~= h_top``, where
 ``norm`` is the model's final norm and ``h_top`` the base model's last hidden state (already
 normed), on token positions sampled from a text corpus. The SHARED_PROJECTION_CAST_OUTPUTS mode
-of :mod:`multiexit.modeling` then reads exit ``l`` as ``original_head(W_l @ norm(h_l))``.
+of :mod:`multiexit.model.modeling` then reads exit ``l`` as ``original_head(W_l @ norm(h_l))``.
 
 The fit streams: only ``X^T X``, ``X^T Y`` and ``Y`` moments are accumulated (float64), so the
 number of positions is not limited by memory. R^2 (fraction of the top state's variance the map
@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .config import VocabularyProjectionMode
-from .modeling import cast_name
+from multiexit.model.config import VocabularyProjectionMode
+from multiexit.model.modeling import cast_name
 
 
 @dataclass
@@ -232,11 +232,11 @@ def run_cast_fit(
     import json
     from pathlib import Path
 
-    from .config import MultiExitConfiguration
-    from .modeling import AutoMultiExitModel
-    from .sources import resolve_model_source
-    from .text_data import load_token_chunks, validate_corpus_spec
-    from .training import atomic_write_text, load_tokenizer, save_trained_model
+    from multiexit.model.config import MultiExitConfiguration
+    from multiexit.model.modeling import AutoMultiExitModel
+    from multiexit.inputs.models import resolve_model_source
+    from multiexit.inputs.corpora import load_token_chunks, validate_corpus_spec
+    from multiexit.stages.train_heads import atomic_write_text, load_tokenizer, save_trained_model
 
     if isinstance(layers, str):
         layers = [int(v) for v in layers.replace(";", ",").split(",") if v.strip()]
@@ -260,7 +260,7 @@ def run_cast_fit(
     add_cast_matrices(model, result.weights)
     metrics = {"model": model_source, "corpus": chunks.summary(), **result.metrics}
     if eval_tokens:
-        from .training import evaluate_readers, heldout_batches
+        from multiexit.stages.train_heads import evaluate_readers, heldout_batches
 
         cast_mode = VocabularyProjectionMode.SHARED_PROJECTION_CAST_OUTPUTS
         readers = {f"cast:{l}": (l, cast_mode) for l in layers}

@@ -15,7 +15,7 @@ import random
 import re
 from pathlib import Path
 
-from ..atomic import atomic_open
+from multiexit.io import atomic_open
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 _WORD = re.compile(r"^[A-Za-z]{3,}$")

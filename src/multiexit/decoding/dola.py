@@ -27,8 +27,8 @@ from collections import Counter
 
 import torch
 
-from ..decoding import DecodingMethod, _check_range, register_method
-from ._common import (
+from multiexit.decoding.registry import DecodingMethod, check_range, register_method
+from multiexit.decoding.common import (
     CachedBatch,
     apply_repetition_penalty,
     check_inputs,
@@ -94,8 +94,8 @@ def _validate(params: dict) -> None:
         bad = [v for v in _parse_layer_list(spec) if v < 0]
         if bad:
             raise ValueError(f"layers: negative layer indices {bad}")
-    _check_range("relative_top", 0.0, 1.0, low_open=True)(params)
-    _check_range("repetition_penalty", 0.0, 100.0, low_open=True)(params)
+    check_range("relative_top", 0.0, 1.0, low_open=True)(params)
+    check_range("repetition_penalty", 0.0, 100.0, low_open=True)(params)
     if not isinstance(params["final_norm"], bool):
         raise ValueError(f"final_norm must be True or False, got {params['final_norm']!r}")
 

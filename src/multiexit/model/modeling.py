@@ -28,8 +28,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from .architectures import architecture_spec, get_submodule
-from .config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
+from multiexit.model.architectures import architecture_spec, get_submodule
+from multiexit.model.config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
 
 EXIT_HEADS = "name_to_lm_exit_head"
 CAST_MATRICES = "name_to_cast_matrix"

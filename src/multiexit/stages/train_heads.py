@@ -35,9 +35,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .atomic import atomic_directory, atomic_write_text
-from .config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
-from .modeling import AutoMultiExitModel, head_name
+from multiexit.io import atomic_directory, atomic_write_text
+from multiexit.model.config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
+from multiexit.model.modeling import AutoMultiExitModel, head_name
 
 OBJECTIVES = ("ce", "kl")
 INITS = ("random", "warm", "keep")
@@ -302,7 +302,7 @@ def evaluate_exits(model, batches: Sequence[dict], exits: Sequence[Exit],
 
 
 def heldout_batches(chunks: torch.Tensor, batch_size: int) -> list[dict]:
-    from .text_data import collate_chunks
+    from multiexit.inputs.corpora import collate_chunks
 
     return [collate_chunks(list(chunks[i:i + batch_size])) for i in range(0, chunks.shape[0], batch_size)]
 
@@ -614,7 +614,7 @@ def config_digest(data: dict) -> str:
 # ----------------------------------------------------------------------------------- end-to-end run
 @dataclass
 class DataSettings:
-    """Where the training text comes from (see :mod:`multiexit.text_data`)."""
+    """Where the training text comes from (see :mod:`multiexit.inputs.corpora`)."""
 
     corpus: str | None = "lee_background"  # LM corpus spec (ignored when task_data is set)
     seq_len: int = 512
@@ -631,7 +631,7 @@ class DataSettings:
 def load_tokenizer(source: str, tokenizer: str | None = None):
     from transformers import AutoTokenizer
 
-    from .sources import gpt2_tokenizer, resolve_model_source
+    from multiexit.inputs.models import gpt2_tokenizer, resolve_model_source
 
     if tokenizer == "gpt2":
         return gpt2_tokenizer()
@@ -640,7 +640,7 @@ def load_tokenizer(source: str, tokenizer: str | None = None):
 
 def build_datasets(tokenizer, data: DataSettings, config: HeadTrainingConfig):
     """(train items, collate function, held-out batches, data summary) for LM or task-specific mode."""
-    from .text_data import collate_chunks, collate_task, encode_task_examples, load_token_chunks, read_task_examples
+    from multiexit.inputs.corpora import collate_chunks, collate_task, encode_task_examples, load_token_chunks, read_task_examples
 
     if data.task_data:
         examples = encode_task_examples(read_task_examples(data.task_data, data.prompt_field, data.target_field),
@@ -702,7 +702,7 @@ def run_head_training(
     """Load, evaluate, train, evaluate, save: the whole ``scripts/train_heads.py`` run. Returns the metrics."""
     from accelerate import Accelerator
 
-    from .sources import resolve_model_source
+    from multiexit.inputs.models import resolve_model_source
 
     output_dir = Path(output_dir)
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else output_dir.with_name(output_dir.name + ".checkpoints")
@@ -713,7 +713,7 @@ def run_head_training(
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"dtype: unknown {dtype!r}; allowed: float32, bfloat16, float16")
     if data.task_data is None:
-        from .text_data import validate_corpus_spec
+        from multiexit.inputs.corpora import validate_corpus_spec
 
         validate_corpus_spec(data.corpus or "")
     if not 0 <= data.task_eval_fraction < 1:

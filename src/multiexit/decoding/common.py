@@ -20,7 +20,7 @@ from typing import Iterable
 import torch
 from transformers import DynamicCache
 
-from ..config import MultiExitConfiguration
+from multiexit.model.config import MultiExitConfiguration
 
 
 @contextlib.contextmanager

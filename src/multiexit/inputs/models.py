@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .atomic import atomic_directory
+from multiexit.io import atomic_directory
 
 PACKAGE_PREFIX = "package:"
 

@@ -5,7 +5,7 @@ A method is registered with its parameter defaults and a ``generate`` function::
     generate(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id)
         -> LongTensor (batch, max_new_tokens_or_fewer) of new tokens (pad after EOS)
 
-``model`` is a multi-exit model (see :mod:`multiexit.modeling`); methods that read exits set
+``model`` is a multi-exit model (see :mod:`multiexit.model.modeling`); methods that read exits set
 its MultiExitConfiguration for the call and restore it afterwards. Inputs are left-padded.
 The caller seeds torch before each call (see :func:`seed_everything`).
 """
@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import MultiExitConfiguration
+from multiexit.model.config import MultiExitConfiguration
 
 GenerateFn = Callable[..., torch.Tensor]
 
@@ -110,63 +110,7 @@ def generate(model, setting: DecodingSetting, input_ids, attention_mask, max_new
         )
 
 
-# ---------------------------------------------------------------------------------------------
-# Methods that are HF ``generate`` with some multi-exit output and some generation arguments.
-
-
-def _hf_generate(output_config: Callable[[dict], MultiExitConfiguration], gen_kwargs: Callable[[dict], dict]) -> GenerateFn:
-    def run(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id):
-        with multi_exit_output(model, output_config(params)):
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=0,
-                eos_token_id=eos_token_id,
-                pad_token_id=pad_token_id,
-                **gen_kwargs(params),
-            )
-        return out[:, input_ids.shape[1]:]
-
-    return run
-
-
-def _projection(params: dict) -> dict:
-    mode = params.get("vocab_projection_mode")
-    return {} if mode is None else {"vocab_projection_mode": mode}
-
-
-def _original(params: dict) -> MultiExitConfiguration:
-    return MultiExitConfiguration(use_original_head=True)
-
-
-def _exit(params: dict) -> MultiExitConfiguration:
-    return MultiExitConfiguration(use_original_head=False, output_layer_index=params["layer"], **_projection(params))
-
-
-def _acd(params: dict) -> MultiExitConfiguration:
-    return MultiExitConfiguration(
-        use_original_head=False,
-        contrast_layer_indices=(params["upper"], params["lower"]),
-        contrast_alpha=params["alpha"],
-        contrast_minimum_candidates=params["minimum_candidates"],
-        **_projection(params),
-    )
-
-
-def _greedy_kwargs(params: dict) -> dict:
-    return {"do_sample": False, "num_beams": 1, "repetition_penalty": params.get("repetition_penalty", 1.0)}
-
-
-def _sampling_kwargs(params: dict) -> dict:
-    return {"do_sample": True, "num_beams": 1, "top_k": 0, "top_p": 1.0, **{k: v for k, v in params.items() if k in ("temperature", "top_k", "top_p", "typical_p")}}
-
-
-def _beam_kwargs(params: dict) -> dict:
-    return {"do_sample": False, "num_beams": params["num_beams"], "length_penalty": params["length_penalty"], "early_stopping": True}
-
-
-def _check_range(name: str, low: float, high: float, low_open: bool = False, integer: bool = False):
+def check_range(name: str, low: float, high: float, low_open: bool = False, integer: bool = False):
     def check(params: dict) -> None:
         value = params[name]
         kind_ok = isinstance(value, int) if integer else isinstance(value, (int, float))
@@ -178,7 +122,7 @@ def _check_range(name: str, low: float, high: float, low_open: bool = False, int
     return check
 
 
-def _all(*checks) -> Callable[[dict], None]:
+def all_checks(*checks) -> Callable[[dict], None]:
     def check(params: dict) -> None:
         for item in checks:
             item(params)
@@ -186,30 +130,11 @@ def _all(*checks) -> Callable[[dict], None]:
     return check
 
 
-def _check_config(build: Callable[[dict], MultiExitConfiguration]) -> Callable[[dict], None]:
+def check_config(build: Callable[[dict], MultiExitConfiguration]) -> Callable[[dict], None]:
     def check(params: dict) -> None:
         build(params)
 
     return check
-
-
-_EXIT_PARAMS = {"vocab_projection_mode": None}
-
-register_method(DecodingMethod("greedy", {"repetition_penalty": 1.0}, _hf_generate(_original, _greedy_kwargs), "greedy search with the original head"))
-register_method(DecodingMethod("beam", {"num_beams": 5, "length_penalty": 1.0}, _hf_generate(_original, _beam_kwargs), "beam search", validate=_check_range("num_beams", 1, 1000, integer=True)))
-register_method(DecodingMethod("top_k", {"top_k": 50, "temperature": 1.0}, _hf_generate(_original, _sampling_kwargs), "top-k sampling", validate=_all(_check_range("top_k", 1, 10**9, integer=True), _check_range("temperature", 0, 100, low_open=True))))
-register_method(DecodingMethod("top_p", {"top_p": 0.95, "temperature": 1.0}, _hf_generate(_original, _sampling_kwargs), "nucleus sampling", validate=_all(_check_range("top_p", 0, 1, low_open=True), _check_range("temperature", 0, 100, low_open=True))))
-register_method(DecodingMethod("typical", {"typical_p": 0.95, "temperature": 1.0}, _hf_generate(_original, _sampling_kwargs), "locally typical sampling", validate=_all(_check_range("typical_p", 0, 1, low_open=True), _check_range("temperature", 0, 100, low_open=True))))
-register_method(DecodingMethod("temperature", {"temperature": 1.0}, _hf_generate(_original, _sampling_kwargs), "pure sampling at a temperature", validate=_check_range("temperature", 0, 100, low_open=True)))
-register_method(DecodingMethod("exit", {**_EXIT_PARAMS}, _hf_generate(_exit, _greedy_kwargs), "greedy from one exit (output_layer_index)", required=("layer",), validate=_check_config(_exit)))
-register_method(DecodingMethod(
-    "acd",
-    {"upper": "original", "alpha": 0.1, "minimum_candidates": 1, **_EXIT_PARAMS},
-    _hf_generate(_acd, _greedy_kwargs),
-    "Auto-Contrastive Decoding (greedy over the contrasted distribution)",
-    required=("lower",),
-    validate=_check_config(_acd),
-))
 
 
 def describe_methods() -> str:
@@ -224,6 +149,9 @@ def describe_methods() -> str:
 __all__ = [
     "DecodingMethod",
     "DecodingSetting",
+    "all_checks",
+    "check_config",
+    "check_range",
     "METHODS",
     "describe_methods",
     "generate",
@@ -233,5 +161,3 @@ __all__ = [
     "seed_everything",
 ]
 
-# Baselines (contrastive search, contrastive decoding, DoLa) register themselves on import; keep this last.
-from . import baselines  # noqa: E402,F401  registers methods

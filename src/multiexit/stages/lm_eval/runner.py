@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .local_tasks import parse_task_spec
-from ..atomic import atomic_open
+from multiexit.stages.lm_eval.local_tasks import parse_task_spec
+from multiexit.io import atomic_open
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -53,7 +53,7 @@ def run_lm_eval(
     on ``tasks`` and write lm-eval's results JSON to exactly ``output_path`` (atomically).
 
     ``tasks``: lm-eval task names (``lambada_openai``), local tasks ``kind:path`` or
-    ``name=kind:path`` (see :mod:`multiexit.lm_eval.local_tasks`), config dicts, or one
+    ``name=kind:path`` (see :mod:`multiexit.stages.lm_eval.local_tasks`), config dicts, or one
     comma-separated string of these. With ``log_samples`` the per-document samples go to
     ``samples_path`` (default ``<output stem>.samples.jsonl``), one JSON object per line with
     its task name under ``"task"``. Seeds (python, numpy, torch, few-shot) all come from ``seed``.
@@ -63,7 +63,7 @@ def run_lm_eval(
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
-    from . import model as _registers_multi_exit  # noqa: F401  (registers multi_exit / multi_exit_gpt)
+    from multiexit.stages.lm_eval import model as _registers_multi_exit  # noqa: F401  (registers multi_exit / multi_exit_gpt)
 
     if isinstance(tasks, str):
         tasks = [part for part in tasks.split(",") if part.strip()]

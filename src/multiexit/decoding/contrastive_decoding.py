@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_directory
-from ..decoding import DecodingMethod, _all, _check_range, register_method
-from ..sources import PACKAGE_PREFIX, PACKAGED_MODELS, resolve_model_source
-from ._common import CachedBatch, check_inputs, eos_ids, is_eos, original_head, pad_value, stack_new_tokens
+from multiexit.io import atomic_directory
+from multiexit.decoding.registry import DecodingMethod, all_checks, check_range, register_method
+from multiexit.inputs.models import PACKAGE_PREFIX, PACKAGED_MODELS, resolve_model_source
+from multiexit.decoding.common import CachedBatch, check_inputs, eos_ids, is_eos, original_head, pad_value, stack_new_tokens
 
 DEFAULTS = {"alpha": 0.1, "amateur_temperature": 0.5, "amateur_context": "last_token", "num_beams": 1}
 AMATEUR_CONTEXTS = ("full", "last_token")
@@ -52,16 +52,16 @@ def _validate(params: dict) -> None:
         folder = Path(source).expanduser()
         if not (folder / "config.json").is_file():
             raise ValueError(f"amateur: {source!r} is not a model folder (no config.json)")
-    _check_range("alpha", 0.0, 1.0, low_open=True)(params)
-    _check_range("amateur_temperature", 0.0, 100.0, low_open=True)(params)
-    _check_range("num_beams", 1, 1000, integer=True)(params)
+    check_range("alpha", 0.0, 1.0, low_open=True)(params)
+    check_range("amateur_temperature", 0.0, 100.0, low_open=True)(params)
+    check_range("num_beams", 1, 1000, integer=True)(params)
     if params["amateur_context"] not in AMATEUR_CONTEXTS:
         raise ValueError(f"amateur_context must be one of {list(AMATEUR_CONTEXTS)}, got {params['amateur_context']!r}")
 
 
 def load_amateur(source: str, device, dtype):
     """The amateur model for ``source`` on ``device``/``dtype`` (loaded once per process)."""
-    from ..modeling import AutoMultiExitModel
+    from multiexit.model.modeling import AutoMultiExitModel
 
     path = resolve_model_source(str(source))
     key = (path, str(device), str(dtype))
@@ -234,7 +234,7 @@ def truncate_model(source: str, num_layers: int, output_dir: str | Path) -> Path
     total = model.config.num_hidden_layers
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers < total:
         raise ValueError(f"num_layers must be an integer in 1..{total - 1}, got {num_layers!r}")
-    from ..architectures import architecture_spec, get_submodule
+    from multiexit.model.architectures import architecture_spec, get_submodule
 
     blocks = get_submodule(model, architecture_spec(model.config.model_type).blocks)
     del blocks[num_layers:]
@@ -259,6 +259,6 @@ register_method(
         contrastive_decoding,
         "Contrastive Decoding (Li et al. 2023): log p_expert - log p_amateur on {p_expert >= alpha*max}; greedy or beam",
         required=("amateur",),
-        validate=_all(_validate),
+        validate=all_checks(_validate),
     )
 )
