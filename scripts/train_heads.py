@@ -82,10 +82,10 @@ def main(argv=None) -> int:
             max_steps=args.max_steps, max_tokens=args.max_tokens, batch_size=args.batch_size, grad_accum=args.grad_accum,
             max_grad_norm=args.max_grad_norm, mixed_precision=args.mixed_precision, freeze_base=not args.unfreeze_base,
             seed=args.seed, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-            throttle_seconds=args.throttle_seconds,
+            throttle_seconds=args.throttle_seconds, dtype=args.dtype, cpu=args.cpu, keep_checkpoint_dir=args.keep_checkpoint_dir,
         )
         data = DataSettings(
-            corpus=args.data, seq_len=args.seq_len, train_tokens=args.train_tokens, eval_tokens=args.eval_tokens,
+            data=args.data, tokenizer=args.tokenizer, seq_len=args.seq_len, train_tokens=args.train_tokens, eval_tokens=args.eval_tokens,
             shuffle_buffer=args.shuffle_buffer, task_data=args.task_data, prompt_field=args.prompt_field,
             target_field=args.target_field, task_eval_fraction=args.task_eval_fraction, eval_batch_size=args.eval_batch_size,
         )
@@ -96,7 +96,6 @@ def main(argv=None) -> int:
         metrics = run_head_training(
             args.model, args.output_dir, config, data, checkpoint_dir=args.checkpoint_dir, metrics_path=args.metrics,
             plot_path=args.loss_plot, history_csv=args.loss_csv, history_json=args.loss_json,
-            tokenizer_source=args.tokenizer, dtype=args.dtype, cpu=args.cpu, keep_checkpoints_after=args.keep_checkpoint_dir,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

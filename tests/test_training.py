@@ -281,6 +281,53 @@ def test_bad_settings_are_rejected():
         load_token_chunks("definitely/not/here.txt", None, 16)
 
 
+def test_train_block_maps_onto_the_two_settings_classes():
+    from multiexit.settings import ConfigError
+    from multiexit.stages.train_heads import DataSettings, HeadTrainingSettings, train_settings
+
+    assert HeadTrainingConfig is HeadTrainingSettings
+    block = {"data": "lee_background", "init": "random", "learning_rate": 1.0e-3, "max_steps": 16, "batch_size": 2,
+             "seq_len": 128, "eval_tokens": 512, "eval_batch_size": 4, "checkpoint_every": 4, "cpu": True}
+    training, data = train_settings(block, [24, 8, 16], "models.m.train")
+    assert training.exits == (8, 16, 24) and training.learning_rate == 1e-3 and training.cpu is True
+    assert (data.data, data.seq_len, data.eval_tokens, data.eval_batch_size) == ("lee_background", 128, 512, 4)
+    assert DataSettings.from_dict(data.as_dict()) == data
+    assert HeadTrainingSettings.from_dict(training.as_dict()) == training
+    # every flag of scripts/train_heads.py that a config may set is a field of one of the two classes
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_heads_cli", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    set_by_the_rule = {"model", "exits", "output_dir", "metrics", "loss_plot", "loss_csv", "loss_json", "checkpoint_dir",
+                       "help"}
+    renamed = {"unfreeze_base": "freeze_base"}
+    fields = set(HeadTrainingSettings.field_names()) | set(DataSettings.field_names())
+    for action in module.build_parser()._actions:
+        if action.dest not in set_by_the_rule:
+            assert renamed.get(action.dest, action.dest) in fields, action.dest
+
+    cases = [({"learning_rat": 0.1}, "models.m.train.learning_rat", "unknown setting"),
+             ({"learning_rate": -1}, "models.m.train.learning_rate", "> 0"),
+             ({"batch_size": 0}, "models.m.train.batch_size", ">= 1"),
+             ({"seq_len": "long"}, "models.m.train.seq_len", "an integer"),
+             ({"init": "zeros"}, "models.m.train.init", "one of"),
+             ({"task_eval_fraction": 1.0}, "models.m.train.task_eval_fraction", "< 1"),
+             ({"max_steps": 3, "max_tokens": 100}, "models.m.train.max_tokens", "not max_steps and max_tokens"),
+             ({"epochs": 3, "max_steps": 100}, "models.m.train.max_steps", "not epochs and max_steps"),
+             ({"objective": "kl"}, "models.m.train.exits", "'original' cannot"),
+             ({"head_bias": True}, "models.m.train.head_bias", "one of"),
+             ({"exits": [1]}, "models.m.train.exits", "model entry")]
+    for block, key, text in cases:
+        exits = [2, "original"] if block.get("objective") == "kl" else [2]
+        with pytest.raises(ConfigError) as info:
+            train_settings(block, exits, "models.m.train")
+        assert info.value.key == key and text in str(info.value), (block, str(info.value))
+    with pytest.raises(ConfigError) as info:
+        HeadTrainingSettings.from_dict({"exits": [3, 3]}, "models.m.train")
+    assert info.value.key == "models.m.train.exits" and "duplicates" in str(info.value)
+
+
 def test_cli_task_mode_counts_only_target_tokens(tiny_dir, tmp_path):
     import importlib.util
 

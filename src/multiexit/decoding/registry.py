@@ -7,20 +7,19 @@ A method is registered with its parameter defaults and a ``generate`` function::
 
 ``model`` is a multi-exit model (see :mod:`multiexit.model.modeling`); methods that read exits set
 its MultiExitConfiguration for the call and restore it afterwards. Inputs are left-padded.
-The caller seeds torch before each call (see :func:`seed_everything`).
+The caller seeds torch before each call (see :func:`multiexit.seeding.seed_everything`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from multiexit.model.config import MultiExitConfiguration
+from multiexit.seeding import seed_everything  # re-exported: callers seed before each call
 
 GenerateFn = Callable[..., torch.Tensor]
 
@@ -76,12 +75,6 @@ def parse_decoding(method: str, params: dict | None = None) -> DecodingSetting:
         except ValueError as err:
             raise ValueError(f"decoding method {method!r}: {err}") from None
     return DecodingSetting(method, full)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,8 @@ import multiexit.decoding.registry as decoding
 from multiexit.io import atomic_write_text
 from multiexit.inputs.prompts import DatasetRequest, Prompt, load_prompts
 from multiexit.decoding.derived import derived_settings
-from multiexit.decoding.registry import DecodingSetting, parse_decoding, seed_everything
+from multiexit.decoding.registry import DecodingSetting, parse_decoding
+from multiexit.seeding import seed_everything
 
 ROW_FIELDS = ("id", "prompt", "reference", "generation", "n_new_tokens", "stop_reason")
 
