@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", default="lee_background", help="LM corpus: cc100[:lang], wikitext-103, wikitext-2, hub:<name>[:config][@split][#field], lee_background, or a local file/folder (join several with '+')")
     g.add_argument("--seq-len", type=int, default=512, help="tokens per training chunk / max task example length (default 512, as in the paper)")
+    g.add_argument("--separator", default="eos", choices=["eos", "none"], help="between concatenated documents: eos (default) or none (the ACD authors' group_texts)")
     g.add_argument("--train-tokens", type=int, default=None, help="training tokens to read from the corpus (default: whole local corpus, or --max-tokens)")
     g.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens for before/after evaluation (LM mode; default 16384)")
     g.add_argument("--shuffle-buffer", type=int, default=10000, help="shuffle buffer for streamed corpora (0: stream order)")
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay on matrices (default 0)")
     g.add_argument("--lr-scheduler", default="linear", help="transformers scheduler name: linear (default), cosine, constant, constant_with_warmup, ...")
     g.add_argument("--warmup-steps", type=int, default=0, help="learning-rate warm-up steps (default 0)")
+    g.add_argument("--epochs", type=int, default=None, help="passes over the training data (the ACD authors: 3; default: one pass)")
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: one pass over the training data)")
     g.add_argument("--max-tokens", type=int, default=None, help="token budget instead of --max-steps (counted label tokens)")
     g.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch per process (default 16, the paper's)")
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = HeadTrainingConfig(
-            exits=args.exits, objective=args.objective, init=args.init, learning_rate=args.learning_rate,
+            exits=args.exits, epochs=args.epochs, objective=args.objective, init=args.init, learning_rate=args.learning_rate,
             weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler, warmup_steps=args.warmup_steps,
             max_steps=args.max_steps, max_tokens=args.max_tokens, batch_size=args.batch_size, grad_accum=args.grad_accum,
             max_grad_norm=args.max_grad_norm, mixed_precision=args.mixed_precision, freeze_base=not args.unfreeze_base,
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
             throttle_seconds=args.throttle_seconds, dtype=args.dtype, cpu=args.cpu, keep_checkpoint_dir=args.keep_checkpoint_dir,
         )
         data = DataSettings(
-            data=args.data, tokenizer=args.tokenizer, seq_len=args.seq_len, train_tokens=args.train_tokens, eval_tokens=args.eval_tokens,
+            data=args.data, tokenizer=args.tokenizer, seq_len=args.seq_len, separator=args.separator, train_tokens=args.train_tokens, eval_tokens=args.eval_tokens,
             shuffle_buffer=args.shuffle_buffer, task_data=args.task_data, prompt_field=args.prompt_field,
             target_field=args.target_field, task_eval_fraction=args.task_eval_fraction, eval_batch_size=args.eval_batch_size,
         )

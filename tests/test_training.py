@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -326,6 +327,35 @@ def test_train_block_maps_onto_the_two_settings_classes():
     with pytest.raises(ConfigError) as info:
         HeadTrainingSettings.from_dict({"exits": [3, 3]}, "models.m.train")
     assert info.value.key == "models.m.train.exits" and "duplicates" in str(info.value)
+
+
+def test_authors_budget_and_chunking_settings(tiny_dir, tmp_path):
+    """epochs = whole passes over the data; separator 'none' concatenates documents as the authors' group_texts."""
+    from transformers import AutoTokenizer
+
+    from multiexit.stages.train_heads import EpochOrder, ListDataset, plan_steps
+
+    # 100 chunks, batch 16, 3 epochs: 300 items -> 18 whole steps (300 // 16)
+    assert plan_steps(HeadTrainingConfig(exits=[1], epochs=3), 100, 511.0, 1) == 18
+    assert plan_steps(HeadTrainingConfig(exits=[1]), 100, 511.0, 1) == 6
+    assert plan_steps(HeadTrainingConfig(exits=[1], epochs=2, batch_size=5, grad_accum=2), 100, 511.0, 2) == 10
+    order = EpochOrder(ListDataset(list(range(7))), epochs=3, seed=1)
+    for epoch in range(3):
+        assert sorted(order[epoch * 7 + i] for i in range(7)) == list(range(7))
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    docs = ["the bank said", "police arrested two men", "fire near the road"]
+    corpus = tmp_path / "three.cor"
+    corpus.write_text("\n".join(docs) + "\n")
+    ids = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in read_local_documents(corpus)]
+    eos = [tokenizer.eos_token_id]
+
+    def streams(tail):  # local documents are read in a seeded shuffle: any order of the three
+        return [[t for doc in order for t in doc + tail] for order in itertools.permutations(ids)]
+
+    for separator, tail in (("none", []), ("eos", eos)):
+        chunks = load_token_chunks(str(corpus), tokenizer, 2, seed=0, separator=separator)
+        assert any(chunks.train.reshape(-1).tolist() == s[: len(s) // 2 * 2] for s in streams(tail)), separator
 
 
 def test_cli_task_mode_counts_only_target_tokens(tiny_dir, tmp_path):

@@ -161,7 +161,7 @@ def plan_steps(config: HeadTrainingSettings, num_items: int, tokens_per_item: fl
         return config.max_steps
     if config.max_tokens is not None:
         return max(1, math.ceil(config.max_tokens / (items_per_step * tokens_per_item)))
-    steps = num_items // items_per_step
+    steps = num_items * (config.epochs or 1) // items_per_step  # whole steps; epochs run on into each other
     if steps < 1:
         raise ValueError(
             f"batch_size: {num_items} training items cannot fill one step of {items_per_step} "

@@ -67,7 +67,8 @@ def build_datasets(tokenizer, data: DataSettings, config: HeadTrainingSettings):
     if train_tokens is None and config.max_tokens is not None:
         train_tokens = config.max_tokens
     chunks = load_token_chunks(data.data, tokenizer, data.seq_len, train_tokens=train_tokens,
-                               eval_tokens=data.eval_tokens, seed=config.seed, shuffle_buffer=data.shuffle_buffer)
+                               eval_tokens=data.eval_tokens, seed=config.seed, shuffle_buffer=data.shuffle_buffer,
+                               separator=data.separator)
     return list(chunks.train), collate_chunks, heldout_batches(chunks.heldout, data.eval_batch_size), chunks.summary()
 
 
