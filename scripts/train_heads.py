@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("objective")
     g.add_argument("--objective", default="ce", choices=["ce", "kl"], help="ce: next-token cross-entropy (paper); kl: KL(final layer || exit) distillation (tuned-lens style)")
-    g.add_argument("--init", default="random", choices=["random", "warm", "keep"], help="new heads: random normal init (paper), warm = copy of the original head, keep = the source checkpoint's heads")
+    g.add_argument("--init", default="random", choices=["random", "warm", "cast", "keep"], help="new heads: random normal init (paper), warm = copy of the original head, cast = original head x least-squares cast map, keep = the source checkpoint's heads")
+    g.add_argument("--cast-positions", type=int, default=25000, help="init=cast: training-text positions for the least-squares cast fit (default 25000)")
     g.add_argument("--unfreeze-base", action="store_true", help="also train the base model (default: frozen, only exit heads train)")
 
     g = p.add_argument_group("data")
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = HeadTrainingConfig(
-            exits=args.exits, epochs=args.epochs, objective=args.objective, init=args.init, learning_rate=args.learning_rate,
+            exits=args.exits, epochs=args.epochs, objective=args.objective, init=args.init, cast_positions=args.cast_positions, learning_rate=args.learning_rate,
             weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler, warmup_steps=args.warmup_steps,
             max_steps=args.max_steps, max_tokens=args.max_tokens, batch_size=args.batch_size, grad_accum=args.grad_accum,
             max_grad_norm=args.max_grad_norm, mixed_precision=args.mixed_precision, freeze_base=not args.unfreeze_base,

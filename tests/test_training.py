@@ -108,6 +108,30 @@ def test_every_exit_loss_falls_and_base_is_untouched(tiny_dir, chunks, init):
         assert torch.equal(value, base_before[name]), f"frozen base weight {name} changed"
 
 
+def test_cast_init_folds_the_least_squares_cast_into_the_original_head(tiny_dir, chunks):
+    """init='cast': head_l = W_head @ A_l, A_l the least-squares map norm(h_l) -> h_top, computed here by hand
+    from the plain HF model's hidden states; the top-layer exit gets the original head."""
+    from transformers import AutoModelForCausalLM
+
+    data = chunks.train[:12]
+    config = HeadTrainingConfig(exits=[2, 4], init="cast", cast_positions=10**6)  # capped: every usable position
+    model = prepare_model_for_training(str(tiny_dir), config, cast_chunks=data)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    with torch.no_grad():
+        out = plain(input_ids=data, output_hidden_states=True)
+        x = plain.transformer.ln_f(out.hidden_states[2])[:, 1:].reshape(-1, 32).double()  # position 0 never sampled
+        y = out.hidden_states[4][:, 1:].reshape(-1, 32).double()  # the last entry is already final-normed
+        cast = torch.linalg.lstsq(x, y, driver="gelsd").solution.T
+        expected = x @ (plain.lm_head.weight.double() @ cast).T  # logits of the folded head on the fitted states
+        got = model.name_to_lm_exit_head["lm_head_2"](x.float()).double()
+    # a fresh LayerNorm's output is centred (rank 31 of 32), so the maps agree on the states, not as matrices;
+    # the stage solves the float64 normal equations of float32 states, lstsq here the states themselves
+    assert (got - expected).abs().max() < 0.02 * expected.abs().max()
+    assert torch.equal(model.name_to_lm_exit_head["lm_head_4"].weight, plain.lm_head.weight)
+    with pytest.raises(ValueError, match="cast"):
+        prepare_model_for_training(str(tiny_dir), config)
+
+
 def test_objective_matches_core_forward_loss(tiny_dir, chunks):
     config = HeadTrainingConfig(exits=[1, 3], init="random")
     model = prepare_model_for_training(str(tiny_dir), config)

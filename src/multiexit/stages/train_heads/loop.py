@@ -45,22 +45,46 @@ def untie_output_head(model) -> None:
         text_config.tie_word_embeddings = False
 
 
-def init_exit_heads(model, layers: Sequence[int], init: str, seed: int) -> None:
-    """Warm start (copy of the original head) or seeded random init (normal, std=initializer_range)."""
-    original = model.get_output_embeddings().weight
+def init_exit_heads(model, layers: Sequence[int], init: str, seed: int, casts: dict | None = None) -> None:
+    """Initialise the heads at ``layers``: ``random`` (seeded normal, std=initializer_range), ``warm`` (a copy
+    of the original head) or ``cast`` (the original head folded with the cast map: W_head @ A_l, so that
+    the head reads exactly what ``original_head(A_l h_l)`` reads; the top layer, which needs no cast,
+    gets the original head). ``casts`` maps layer -> A_l (hidden x hidden), as :func:`fit_cast_matrices`.
+    """
+    original = model.get_output_embeddings().weight.detach()
     generator = torch.Generator().manual_seed(seed)
     std = float(getattr(model.config.get_text_config(), "initializer_range", 0.02) or 0.02)
     with torch.no_grad():
         for layer in layers:
             weight = model.name_to_lm_exit_head[head_name(layer)].weight
-            if init == "warm":
-                weight.copy_(original.detach())
+            if init == "warm" or (init == "cast" and layer == model.num_exit_layers):
+                weight.copy_(original)
+            elif init == "cast":
+                folded = original.double() @ casts[layer].to(original.device, torch.float64)
+                weight.copy_(folded.to(weight.dtype))
             elif init == "random":
                 weight.copy_(torch.randn(weight.shape, generator=generator, dtype=torch.float32).mul_(std))
 
 
-def prepare_model_for_training(source: str, config: HeadTrainingSettings, **hf_kwargs):
-    """Load ``source`` as a multi-exit model with heads at ``config.layers`` initialised per ``config.init``."""
+def fit_casts_for_init(model, chunks: torch.Tensor, layers: Sequence[int], config: HeadTrainingSettings) -> dict:
+    """Least-squares cast maps A_l (layer l -> top) for ``init='cast'``, fitted on training ``chunks``."""
+    from multiexit.stages.fit_cast import fit_cast_matrices
+
+    below_top = [layer for layer in layers if layer < model.num_exit_layers]
+    if not below_top:
+        return {}
+    usable = chunks.shape[0] * (chunks.shape[1] - 1)  # fit_cast_matrices skips each chunk's first position
+    result = fit_cast_matrices(model, chunks, below_top, num_positions=min(config.cast_positions, usable),
+                               heldout_positions=0, seed=config.seed, progress=False)
+    return result.weights
+
+
+def prepare_model_for_training(source: str, config: HeadTrainingSettings, cast_chunks: torch.Tensor | None = None,
+                               **hf_kwargs):
+    """Load ``source`` as a multi-exit model with heads at ``config.layers`` initialised per ``config.init``.
+
+    ``init='cast'`` fits the cast maps on ``cast_chunks`` (LongTensor n x seq_len of training text) first.
+    """
     layers = config.layers
     multi_exit_config = MultiExitConfiguration(
         lm_head_layer_indices=layers or None,
@@ -75,6 +99,10 @@ def prepare_model_for_training(source: str, config: HeadTrainingSettings, **hf_k
         missing = [layer for layer in layers if layer not in model.exit_head_layers]
         if missing:
             raise ValueError(f"init='keep': {source} has no trained heads at {missing}")
+    elif config.init == "cast":
+        if cast_chunks is None:
+            raise ValueError("init: 'cast' fits cast maps on language-model text; give training chunks (not task data)")
+        init_exit_heads(model, layers, "cast", config.seed, fit_casts_for_init(model, cast_chunks, layers, config))
     else:
         init_exit_heads(model, layers, config.init, config.seed)
     if ORIGINAL in config.exits:

@@ -123,7 +123,8 @@ def run_head_training(
     source = resolve_model_source(model_source)
     tokenizer = load_tokenizer(source, data.tokenizer)
     train_items, collate, eval_batches, data_summary = build_datasets(tokenizer, data, config)
-    model = prepare_model_for_training(source, config, dtype=getattr(torch, config.dtype))
+    cast_chunks = torch.stack(train_items) if config.init == "cast" and not data.task_data else None
+    model = prepare_model_for_training(source, config, cast_chunks=cast_chunks, dtype=getattr(torch, config.dtype))
     model.to(accelerator.device)
     log(f"model {model_source}: {model.num_exit_layers} layers; training exits {config.exits} "
         f"({sum(p.numel() for p in trainable_parameters(model).values()):,} trainable parameters); data {data_summary}")

@@ -22,7 +22,7 @@ from multiexit.model.config import ORIGINAL
 from multiexit.settings import ConfigError, Settings, _check_value, setting
 
 OBJECTIVES = ("ce", "kl")
-INITS = ("random", "warm", "keep")
+INITS = ("random", "warm", "cast", "keep")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
 # transformers schedulers that need nothing beyond warm-up and total steps (our choice of the list)
@@ -82,8 +82,12 @@ class HeadTrainingSettings(Settings):
         "tuned-lens style distillation (our addition)", choices=OBJECTIVES)
     init: str = setting(
         "random", "new heads: random = normal(0, initializer_range) (as the authors' fresh nn.Linear heads under "
-        "HF init); warm = a copy of the original head (the logit lens); keep = the source checkpoint's heads",
-        choices=INITS)
+        "HF init); warm = a copy of the original head (the logit lens); cast = the original head folded with a "
+        "least-squares cast map to the top layer, W_head A_l (our addition: the exit starts as the cast reading); "
+        "keep = the source checkpoint's heads", choices=INITS)
+    cast_positions: int = setting(
+        25_000, "init=cast: token positions of the training text for the least-squares fit (at most those it holds)",
+        minimum=1)
     freeze_base: bool = setting(
         True, "train only the exit heads; the body stays frozen (authors: MultiExitConfiguration freeze_parameters)")
     head_bias: bool = setting(
