@@ -142,6 +142,33 @@ def test_objective_matches_core_forward_loss(tiny_dir, chunks):
     assert torch.allclose(per_exit, torch.stack([out.exit_losses[1], out.exit_losses[3]]))
 
 
+def test_kl_objective_is_kl_from_the_final_layer_to_the_exit(tiny_dir, chunks):
+    """objective='kl' = token-mean KL(final-layer distribution || exit distribution), written out here with
+    torch's kl_div on the plain HF model's own logits and hidden states (reversing the KL fails this)."""
+    from transformers import AutoModelForCausalLM
+
+    config = HeadTrainingConfig(exits=[1, 2], objective="kl", init="random", seed=4)
+    model = prepare_model_for_training(str(tiny_dir), config)
+    with torch.no_grad():  # peaked exits against a near-uniform random final layer: the two KL directions differ
+        for layer in (1, 2):
+            model.name_to_lm_exit_head[f"lm_head_{layer}"].weight.mul_(50.0)
+    batch = collate_chunks(list(chunks.train[:3]))
+    batch["labels"][0, 10:] = -100  # some positions do not count
+    _, per_exit = ExitObjective(model, [1, 2], "kl")(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    plain = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    with torch.no_grad():
+        out = plain(input_ids=batch["input_ids"], output_hidden_states=True)
+        counted = batch["labels"][:, 1:] != -100  # position t predicts token t+1
+        teacher = torch.log_softmax(out.logits[:, :-1][counted], dim=-1)
+        for i, layer in enumerate([1, 2]):
+            head = model.name_to_lm_exit_head[f"lm_head_{layer}"].weight
+            student = torch.log_softmax((plain.transformer.ln_f(out.hidden_states[layer]) @ head.T)[:, :-1][counted], dim=-1)
+            expected = torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="none").sum(-1).mean()
+            assert torch.allclose(per_exit[i], expected, rtol=1e-5, atol=1e-5), (layer, per_exit[i], expected)
+            reverse = torch.nn.functional.kl_div(teacher, student, log_target=True, reduction="none").sum(-1).mean()
+            assert not torch.allclose(expected, reverse, rtol=0.05)  # the test can tell the two directions apart
+
+
 def test_kl_objective_trains_towards_final_layer(tiny_dir, chunks):
     config = HeadTrainingConfig(exits=[1, 2], objective="kl", init="random", learning_rate=2e-2, max_steps=16, batch_size=4)
     model = prepare_model_for_training(str(tiny_dir), config)
