@@ -236,7 +236,8 @@ def run_cast_fit(
     from multiexit.model.modeling import AutoMultiExitModel
     from multiexit.inputs.models import resolve_model_source
     from multiexit.inputs.corpora import load_token_chunks, validate_corpus_spec
-    from multiexit.stages.train_heads import atomic_write_text, load_tokenizer, save_trained_model
+    from multiexit.io import atomic_write_text
+    from multiexit.stages.train_heads import load_tokenizer, save_trained_model
 
     if isinstance(layers, str):
         layers = [int(v) for v in layers.replace(";", ",").split(",") if v.strip()]
