@@ -142,7 +142,8 @@ def test_figure_series_are_grouped_and_sorted_on_values(manifest):
     line = lines[0]
     assert line.x == [6, 12] and line.y == pytest.approx([0.6, 0.4]) and line.n == [3, 1]
     assert line.err == pytest.approx([0.1, 0.1])  # std over seeds; bootstrap half-width for the single seed
-    assert line.keys["upper"] == "original" and line.keys["method"] == "acd"
+    assert line.keys == {"model": "m", "dataset": "news", "method": "acd", "search": "greedy", "upper": "original", "alpha": 0.1}
+    assert line.label == "m news"  # nothing varies between lines here
     sweep = benchmark_amateur_series(frame)[("m", "lambada_news")]
     assert sweep["original"] == 0.5
     assert {line.keys["upper"]: (line.x, line.y) for line in sweep["acd"]} == {"original": ([6], [0.45]), 12: ([6], [0.2])}

@@ -98,8 +98,8 @@ def sweep_series(rows: pd.DataFrame, x: str, prefix_columns: tuple[str, ...] = (
     rows = rows[rows[x].map(_present)]
     if rows.empty:
         return []
-    rows = rows.assign(_line=setting_key(rows, exclude=("seed", x)), _x=rows[x])
     shown = [c for c in setting_columns(rows) if c not in ("seed", x)]
+    rows = rows.assign(_line=setting_key(rows, exclude=("seed", x)), _x=rows[x])
     out = []
     for _, line in rows.groupby([*prefix_columns, "_line"], sort=False, dropna=False):
         first = line.iloc[0]
