@@ -146,7 +146,7 @@ def test_figure_series_are_grouped_and_sorted_on_values(manifest):
     assert line.label == "m news"  # nothing varies between lines here
     sweep = benchmark_amateur_series(frame)[("m", "lambada_news")]
     assert sweep["original"] == 0.5
-    assert {line.keys["upper"]: (line.x, line.y) for line in sweep["acd"]} == {"original": ([6], [0.45]), 12: ([6], [0.2])}
+    assert {line.keys["upper"]: (line.x, line.y) for line in sweep["pairs"]} == {"original": ([6], [0.45]), 12: ([6], [0.2])}
     assert [(line.x, line.y) for line in sweep["exits"]] == [([6, 12], [0.05, 0.1])]
 
 

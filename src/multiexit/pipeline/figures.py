@@ -196,7 +196,7 @@ def _original_line(ax, bench: pd.DataFrame, series: Series, line) -> None:
 
 
 def benchmark_amateur_series(frame: pd.DataFrame, metric: str = "acc") -> dict[tuple[str, str], dict]:
-    """Per (model, task): ``acd`` lines of accuracy against the amateur layer (one per upper head and
+    """Per (model, task): ``pairs``: lines of accuracy against the amateur layer (one per upper head and
     alpha), ``exits`` (accuracy of each exit alone against its layer) and ``original`` (the original
     head's accuracy, or ``None``)."""
     bench = _benchmark_acc(frame, metric)
@@ -204,7 +204,7 @@ def benchmark_amateur_series(frame: pd.DataFrame, metric: str = "acc") -> dict[t
     for (model, task), rows in bench.groupby(["model", "dataset"], sort=False):
         original = original_head_rows(rows)
         out[(model, task)] = {
-            "acd": sweep_series(rows, "lower"),
+            "pairs": sweep_series(rows, "lower"),
             "exits": sweep_series(rows[~rows["lower"].map(_present)], "layer"),
             "original": float(original["value"].iloc[0]) if not original.empty else None,
         }
@@ -218,14 +218,14 @@ def benchmark_amateur_figure(frame: pd.DataFrame, metric: str = "acc"):
     if not data:
         _empty(axes[0][0], f"no lm-eval {metric} in this grid")
     for ax, ((model, task), parts) in zip(axes[0], data.items()):
-        for series in parts["acd"]:
+        for series in parts["pairs"]:
             shown = ", ".join(f"{k}={v}" for k, v in series.keys.items() if k in ("upper", "alpha"))
             _plot(ax, Series(f"ACD {shown}", series.x, series.y, series.err, series.n), marker="o")
         for series in parts["exits"]:
             _plot(ax, Series("exit alone", series.x, series.y, series.err, series.n), marker="s", linestyle=":")
         if parts["original"] is not None:
             ax.axhline(parts["original"], color="black", linestyle="--", linewidth=1, label="original head")
-        if not parts["acd"] and not parts["exits"]:
+        if not parts["pairs"] and not parts["exits"]:
             _empty(ax, f"{model} {task}: no ACD pair and no single exit scored")
             continue
         ax.set_title(f"{model}: {task}", fontsize=9)
