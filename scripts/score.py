@@ -27,15 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
             "  mauve_scaling_factor  MAUVE scaling factor (5)\n"
             "  mauve_seed            k-means seed (25)\n"
             "  mauve_num_buckets     'auto' (= n/10) or an integer\n"
-            "  coherence_model       SimCSE Hub name / folder (CLS pooler output) or a sentence-transformers folder\n"
+            "  coherence_model       SimCSE Hub name / folder or a sentence-transformers folder\n"
             "                        (default princeton-nlp/sup-simcse-bert-base-uncased)\n"
+            "  coherence_max_tokens  encoder truncation in tokens (128, as SimCSE's tool)\n"
+            "  coherence_pooler      auto (SimCSE: CLS hidden state if 'unsup' in the name, else pooler output), cls,\n"
+            "                        cls_before_pooler\n"
             "  perplexity_model      evaluator LM for metric 'perplexity' (required with it)\n"
+            "  bootstrap_resamples   resamples of the 95% bootstrap interval over prompts (1000)\n"
+            "  bootstrap_seed        its seed (0)\n"
             "  batch_size            featurizer / encoder batch size (16)\n"
             "  device                auto, cpu, cuda, ... (auto)\n\n"
-            "Output keys: rep_{n}_pooled / diversity_pooled (n-grams pooled over the corpus, SimCTG & Contrastive\n"
-            "Decoding code), rep_{n}_per_text / diversity_per_text (mean of per-text values, ACD paper code),\n"
-            "mauve, mauve_n_pairs, mauve_n_dropped, coherence, mean_new_tokens, mean_words, share_stopped_early,\n"
-            "share_empty, perplexity; plus 'settings' and the generation sidecar's 'generation' block."
+            "Output keys: rep_{n}_simctg / diversity_simctg (SimCTG's measure_repetition_and_diversity on the whole\n"
+            "list, as SimCTG and Contrastive Decoding report it), rep_{n}_per_text / diversity_per_text (the same\n"
+            "function on each text alone, too-short texts scored 0, mean over texts: the ACD authors' code),\n"
+            "n_texts_too_short, mauve, mauve_n_pairs, mauve_n_dropped, coherence, mean_new_tokens, mean_words,\n"
+            "share_stopped_early, share_empty, perplexity, intervals (95% bootstrap over prompts of each per-prompt\n"
+            "metric); plus 'setting' (method, its parameters and seed as values), 'settings' and the generation\n"
+            "sidecar's 'generation' block."
         ),
     )
     parser.add_argument("--generations", required=True, help="generation JSONL (rows with id, prompt, reference, generation, n_new_tokens, stop_reason)")
@@ -49,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from multiexit.stages.generate import atomic_write_text, meta_path, read_jsonl
-    from multiexit.stages.score import ScoreSettings, check_rows, score_rows
+    from multiexit.stages.score import ScoreSettings, check_rows, score_rows, setting_values
 
     try:
         try:
@@ -71,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     metrics = score_rows(rows, settings, progress=args.progress)
     side = meta_path(args.generations)
+    sidecar = json.loads(side.read_text()) if side.is_file() else None
     report = {
         "generations": str(args.generations),
+        "setting": setting_values(sidecar),
         "metrics": metrics,
         "settings": settings.as_dict(),
-        "generation": json.loads(side.read_text()) if side.is_file() else None,
+        "generation": sidecar,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")

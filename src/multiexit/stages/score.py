@@ -1,27 +1,34 @@
 """Quality metrics of open-ended generations: repetition/diversity, MAUVE, coherence, lengths, perplexity.
 
-Protocol (see ``docs/metrics.md``):
+Each metric follows a named reference (see ``docs/metrics.md`` for the files):
 
-* **rep-n** (n = 2, 3, 4) = 100 * (1 - unique n-grams / total n-grams) over whitespace tokens, and
-  **diversity** = prod_n (1 - rep-n / 100). Two conventions, reported under distinct names:
+* **rep-n / diversity** as SimCTG's ``measure_repetition_and_diversity`` (``simctg/evaluation.py``, also
+  called by the Contrastive Decoding evaluation script): a text is ``text.strip().split()``; the n-grams
+  of each text are counted *within that text* -- SimCTG's loop stops before the text's last n-gram --
+  and unique / total counts are summed over texts; rep-n = round(100 * (1 - unique / total), 2) and
+  diversity = prod_n (1 - rep-n / 100), with the rounded rep-n. Two uses, under distinct names:
 
-  - ``*_pooled``: n-grams of all texts pooled into one multiset (SimCTG / Contrastive Decoding code);
-    an n-gram that recurs in two different texts counts as a repetition.
-  - ``*_per_text``: the value computed on each text, then averaged over texts (the ACD paper's code).
-    A text with no n-gram of size n (fewer than n words, e.g. an empty generation) has no rep-n; it is
-    left out of that mean, and out of the per-text diversity mean when it has fewer than max(n) words
-    (the counts are reported).
+  - ``*_simctg``: the function called once on the whole list (SimCTG, Contrastive Decoding);
+  - ``*_per_text``: the function called on each text alone, as the ACD authors' ``auto_metrics.py``
+    does; a text too short for it (SimCTG divides by zero) has diversity 0, and the mean is over
+    every text.
 
-* **MAUVE** (``mauve-text``'s ``compute_mauve`` on features computed here): reference and generation
-  are tokenised with the featurizer's tokenizer and both cut to the same ``max_tokens`` (128); pairs
-  where either side is shorter are dropped (count reported). Features are the featurizer's final-layer
-  hidden state at the last token (default ``gpt2``; any local HF folder works). Scaling factor 5, seed 25.
+* **MAUVE** (``mauve-text``'s ``compute_mauve`` on features computed here; the Contrastive Decoding
+  protocol): reference and generation are tokenised with the featurizer's tokenizer and both cut to
+  the same ``max_tokens`` (128); pairs where either side is shorter are dropped (count reported).
+  Features are the featurizer's final-layer hidden state at the last token (default ``gpt2``; any local
+  HF folder works). Scaling factor 5, seed 25.
 
-* **coherence**: mean cosine similarity of the embeddings of prompt and generation, with SimCSE
-  (``princeton-nlp/sup-simcse-bert-base-uncased``, CLS pooler output) or a local sentence-transformers folder.
+* **coherence** as SimCSE's tool (``simcse/tool.py``, called by the ACD authors' ``auto_metrics.py``):
+  cosine similarity of the embeddings of generation and prompt, texts truncated to 128 tokens, pooler
+  output for supervised checkpoints and the CLS hidden state for unsupervised ones (``unsup`` in the
+  name); a local sentence-transformers folder is an offline stand-in.
 
 * lengths, share of texts stopped before the limit (``stop_reason == "eos"``), optional perplexity of the
   continuation given the prompt under an evaluator LM.
+
+Per-prompt metrics (per-text diversity, coherence, lengths) also get a seeded 95% percentile bootstrap
+interval of their mean over prompts (``metrics["intervals"]``).
 """
 
 from __future__ import annotations
@@ -36,76 +43,124 @@ import numpy as np
 DEFAULT_NS = (2, 3, 4)
 DEFAULT_FEATURIZER = "gpt2"
 DEFAULT_COHERENCE_MODEL = "princeton-nlp/sup-simcse-bert-base-uncased"
+SIMCSE_MAX_TOKENS = 128  # simcse/tool.py: SimCSE.encode(max_length=128)
+COHERENCE_POOLERS = ("auto", "cls", "cls_before_pooler")
 
 
 # ------------------------------------------------------------------------------ repetition / diversity
 
 
-def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+def simctg_tokens(text: str) -> list[str]:
+    """SimCTG's tokenisation: strip, then split on runs of whitespace (newlines included)."""
+    return text.strip().split()
 
 
-def rep_n(text: str, n: int) -> float | None:
-    """rep-n of one text (percent); ``None`` when it has no n-gram."""
-    grams = ngrams(text.split(), n)
-    if not grams:
+def simctg_ngram_counts(text: str, n: int) -> tuple[int, int]:
+    """(unique, total) n-grams of one text as SimCTG counts them.
+
+    SimCTG slides a window ``[start, start + n)`` while ``start + n < len(tokens)``, so the text's last
+    n-gram is never counted: a text of L words has max(0, L - n) n-grams, not L - n + 1.
+    """
+    tokens = simctg_tokens(text)
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n)]
+    return len(set(grams)), len(grams)
+
+
+def simctg_rep(unique: int, total: int) -> float:
+    """rep-n in percent, rounded to 2 decimals as SimCTG rounds it (before the diversity product)."""
+    return round((1.0 - unique / total) * 100, 2)
+
+
+def _simctg(counts: dict[int, tuple[int, int]]) -> tuple[dict[int, float], float] | None:
+    """rep-n per n and diversity from summed counts; ``None`` where SimCTG would divide by zero."""
+    if any(total == 0 for _unique, total in counts.values()):
         return None
-    return 100.0 * (1.0 - len(set(grams)) / len(grams))
+    reps = {n: simctg_rep(unique, total) for n, (unique, total) in counts.items()}
+    diversity = 1.0
+    for n in counts:
+        diversity *= 1 - reps[n] / 100
+    return reps, diversity
 
 
-def _diversity(reps: dict[int, float | None]) -> float | None:
-    if any(v is None for v in reps.values()):
-        return None
-    return float(np.prod([1.0 - v / 100.0 for v in reps.values()]))
-
-
-def repetition_metrics(texts: Sequence[str], ns: Sequence[int] = DEFAULT_NS) -> dict:
-    """rep-n and diversity in both conventions (pooled over the corpus; mean of per-text values)."""
+def _check_ns(ns) -> tuple[int, ...]:
     ns = tuple(ns)
     if not ns or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in ns):
         raise ValueError(f"ns must be positive integers, got {ns!r}")
+    return ns
+
+
+def per_text_diversity(texts: Sequence[str], ns: Sequence[int] = DEFAULT_NS) -> list[float]:
+    """Diversity of each text alone (SimCTG on ``[text]``), 0 for a text too short for it (ACD code)."""
+    ns = _check_ns(ns)
+    out = []
+    for text in texts:
+        scored = _simctg({n: simctg_ngram_counts(text, n) for n in ns})
+        out.append(0.0 if scored is None else scored[1])
+    return out
+
+
+def repetition_metrics(texts: Sequence[str], ns: Sequence[int] = DEFAULT_NS) -> dict:
+    """rep-n and diversity: SimCTG over the list (``*_simctg``) and per text as the ACD code (``*_per_text``).
+
+    ``rep_{n}_per_text`` is the mean rep-n over the texts SimCTG can score alone (our choice: the ACD
+    code records no rep-n); ``diversity_per_text`` is the mean over all texts with too-short texts at 0.
+    ``n_texts_too_short`` counts texts with at most max(ns) words (SimCTG alone divides by zero).
+    A value SimCTG cannot compute (every text too short for some n) is ``None``.
+    """
+    ns = _check_ns(ns)
+    per_text = [{n: simctg_ngram_counts(text, n) for n in ns} for text in texts]
+    summed = {n: (sum(c[n][0] for c in per_text), sum(c[n][1] for c in per_text)) for n in ns}
+    pooled = _simctg(summed)
+    alone = [_simctg(c) for c in per_text]
+    scored = [a for a in alone if a is not None]
     result: dict = {}
-    pooled: dict[int, float | None] = {}
-    per_text_values: dict[int, list[float | None]] = {}
     for n in ns:
-        total, unique = 0, set()
-        values = []
-        for text in texts:
-            grams = ngrams(text.split(), n)
-            total += len(grams)
-            # pooled: uniqueness is over the whole corpus (SimCTG's measure_repetition_and_diversity)
-            unique.update(grams)
-            values.append(100.0 * (1.0 - len(set(grams)) / len(grams)) if grams else None)
-        pooled[n] = 100.0 * (1.0 - len(unique) / total) if total else None
-        per_text_values[n] = values
-        scored = [v for v in values if v is not None]
-        result[f"rep_{n}_pooled"] = pooled[n]
-        result[f"rep_{n}_per_text"] = float(np.mean(scored)) if scored else None
-        result[f"n_texts_with_{n}grams"] = len(scored)
-    result["diversity_pooled"] = _diversity(pooled)
-    per_text_div = [
-        _diversity({n: per_text_values[n][i] for n in ns}) for i in range(len(texts))
-    ]
-    scored_div = [v for v in per_text_div if v is not None]
-    result["diversity_per_text"] = float(np.mean(scored_div)) if scored_div else None
-    result["n_texts_diversity_per_text"] = len(scored_div)
+        result[f"rep_{n}_simctg"] = None if pooled is None else pooled[0][n]
+    result["diversity_simctg"] = None if pooled is None else pooled[1]
+    for n in ns:
+        result[f"rep_{n}_per_text"] = float(np.mean([a[0][n] for a in scored])) if scored else None
+    result["diversity_per_text"] = float(np.mean([0.0 if a is None else a[1] for a in alone])) if texts else None
+    result["n_texts_too_short"] = len(alone) - len(scored)
     result["n_texts"] = len(texts)
     return result
+
+
+# ------------------------------------------------------------------------------ bootstrap
+
+
+def bootstrap_interval(values: Sequence[float], *, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict | None:
+    """Percentile bootstrap interval of the mean over items (prompts): resample items with replacement.
+
+    Returns ``{"low", "high", "n", "resamples", "seed", "level"}``, or ``None`` without values.
+    """
+    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if values.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.size, size=(resamples, values.size))
+    means = values[idx].mean(axis=1)
+    tail = (1.0 - level) / 2
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return {"low": float(low), "high": float(high), "n": int(values.size), "resamples": int(resamples), "seed": int(seed), "level": level}
 
 
 # ------------------------------------------------------------------------------ lengths
 
 
+def length_values(rows: Sequence[dict]) -> dict[str, list[float]]:
+    """Per-text lengths: new tokens, whitespace words, stopped early (1/0), empty (1/0)."""
+    return {
+        "mean_new_tokens": [float(r["n_new_tokens"]) for r in rows],
+        "mean_words": [float(len(r["generation"].split())) for r in rows],
+        "share_stopped_early": [float(r["stop_reason"] == "eos") for r in rows],
+        "share_empty": [float(not r["generation"].strip()) for r in rows],
+    }
+
+
 def length_metrics(rows: Sequence[dict]) -> dict:
     if not rows:
-        return {"n_texts": 0, "mean_new_tokens": None, "mean_words": None, "share_stopped_early": None}
-    return {
-        "n_texts": len(rows),
-        "mean_new_tokens": float(np.mean([r["n_new_tokens"] for r in rows])),
-        "mean_words": float(np.mean([len(r["generation"].split()) for r in rows])),
-        "share_stopped_early": float(np.mean([r["stop_reason"] == "eos" for r in rows])),
-        "share_empty": float(np.mean([not r["generation"].strip() for r in rows])),
-    }
+        return {"n_texts": 0, "mean_new_tokens": None, "mean_words": None, "share_stopped_early": None, "share_empty": None}
+    return {"n_texts": len(rows), **{key: float(np.mean(values)) for key, values in length_values(rows).items()}}
 
 
 # ------------------------------------------------------------------------------ models
@@ -125,7 +180,7 @@ def load_causal_lm(name_or_path: str, device: str = "auto"):
 
     from multiexit.inputs.models import resolve_model_source
 
-    source = resolve_model_source(name_or_path)
+    source = resolve_model_source(str(name_or_path))
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source).to(_device(device)).eval()
     return model, tokenizer
@@ -153,11 +208,17 @@ def mauve_token_pairs(references: Sequence[str], generations: Sequence[str], tok
 
 
 def featurize(token_ids: Sequence[Sequence[int]], model, batch_size: int = 16, progress: bool = False) -> np.ndarray:
-    """Final-layer hidden state at the last token of each sequence (no special tokens added)."""
+    """Final-layer hidden state at the last token of each sequence (no special tokens added).
+
+    As ``mauve-text``'s ``featurize_tokens_from_model``, the features come from the model body
+    (``base_model``, e.g. ``GPT2Model``): its last hidden state equals a causal LM's
+    ``hidden_states[-1]``, without the vocabulary projection.
+    """
     import torch
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
+    model = getattr(model, "base_model", model)
     out = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(token_ids), batch_size), desc="featurize", disable=not progress):
@@ -205,20 +266,34 @@ def mauve_metrics(references, generations, featurizer: str = DEFAULT_FEATURIZER,
 
 
 class SentenceEncoder:
-    """SimCSE-style encoder (HF model, CLS pooler output) or a sentence-transformers folder."""
+    """Sentence embeddings as SimCSE's tool computes them, or through a sentence-transformers folder.
 
-    def __init__(self, name_or_path: str, device: str = "auto"):
+    HF encoder (SimCSE): texts tokenised with padding and truncation to ``max_tokens`` (SimCSE: 128);
+    ``pooler`` ``cls`` = the pooler output (SimCSE's choice for supervised checkpoints),
+    ``cls_before_pooler`` = the last hidden state at [CLS] (its choice for unsupervised ones); ``auto``
+    picks as SimCSE does, by ``unsup`` in the model name. A folder with ``modules.json`` is encoded by
+    ``SentenceTransformer.encode`` with its own pooling, its sequence length capped at ``max_tokens``
+    (offline stand-in; our choice).
+    """
+
+    def __init__(self, name_or_path: str, device: str = "auto", *, max_tokens: int = SIMCSE_MAX_TOKENS, pooler: str = "auto"):
+        if pooler not in COHERENCE_POOLERS:
+            raise ValueError(f"coherence pooler must be one of {', '.join(COHERENCE_POOLERS)}, got {pooler!r}")
         self.device = _device(device)
         self.name = name_or_path
+        self.max_tokens = max_tokens
         if (Path(name_or_path) / "modules.json").is_file():
             from sentence_transformers import SentenceTransformer
 
             self.kind = "sentence-transformers"
+            self.pooler = "sentence-transformers"
             self.model = SentenceTransformer(name_or_path, device=str(self.device))
+            self.model.max_seq_length = min(self.model.max_seq_length or max_tokens, max_tokens)
         else:
             from transformers import AutoModel, AutoTokenizer
 
-            self.kind = "cls-pooler"
+            self.pooler = pooler if pooler != "auto" else ("cls_before_pooler" if "unsup" in name_or_path else "cls")
+            self.kind = self.pooler
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
             self.model = AutoModel.from_pretrained(name_or_path).to(self.device).eval()
 
@@ -230,9 +305,15 @@ class SentenceEncoder:
         out = []
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
-                enc = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True, max_length=512, return_tensors="pt").to(self.device)
-                result = self.model(**enc)
-                pooled = result.pooler_output if getattr(result, "pooler_output", None) is not None else result.last_hidden_state[:, 0]
+                enc = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                                     max_length=self.max_tokens, return_tensors="pt").to(self.device)
+                result = self.model(**enc, return_dict=True)
+                if self.pooler == "cls":
+                    if getattr(result, "pooler_output", None) is None:
+                        raise ValueError(f"coherence model {self.name}: no pooler output; use pooler 'cls_before_pooler'")
+                    pooled = result.pooler_output
+                else:
+                    pooled = result.last_hidden_state[:, 0]
                 out.append(pooled.float().cpu().numpy())
         return np.concatenate(out, axis=0)
 
@@ -243,13 +324,24 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
-def coherence_metrics(prompts, generations, model: str = DEFAULT_COHERENCE_MODEL, *, device: str = "auto", batch_size: int = 32, encoder: SentenceEncoder | None = None) -> dict:
+def coherence_per_text(prompts, generations, encoder: SentenceEncoder, batch_size: int = 32) -> np.ndarray:
+    """Cosine similarity of each generation's embedding with its own prompt's."""
+    if len(prompts) != len(generations):
+        raise ValueError(f"{len(prompts)} prompts but {len(generations)} generations")
+    if not prompts:
+        return np.zeros(0)
+    return cosine_rows(encoder.encode(generations, batch_size), encoder.encode(prompts, batch_size))
+
+
+def coherence_metrics(prompts, generations, model: str = DEFAULT_COHERENCE_MODEL, *, device: str = "auto", batch_size: int = 32,
+                      encoder: SentenceEncoder | None = None, max_tokens: int = SIMCSE_MAX_TOKENS, pooler: str = "auto") -> dict:
+    """Mean over texts of cos(embedding(generation), embedding(prompt)) (SimCSE ``similarity``)."""
     if len(prompts) != len(generations):
         raise ValueError(f"{len(prompts)} prompts but {len(generations)} generations")
     if not prompts:
         return {"coherence": None}
-    encoder = encoder or SentenceEncoder(model, device)
-    sims = cosine_rows(encoder.encode(prompts, batch_size), encoder.encode(generations, batch_size))
+    encoder = encoder or SentenceEncoder(model, device, max_tokens=max_tokens, pooler=pooler)
+    sims = coherence_per_text(prompts, generations, encoder, batch_size)
     return {"coherence": float(np.mean(sims)), "coherence_encoder": encoder.kind}
 
 
@@ -303,7 +395,11 @@ class ScoreSettings:
     mauve_seed: int = 25
     mauve_num_buckets: int | str = "auto"
     coherence_model: str = DEFAULT_COHERENCE_MODEL
+    coherence_max_tokens: int = SIMCSE_MAX_TOKENS
+    coherence_pooler: str = "auto"
     perplexity_model: str | None = None
+    bootstrap_resamples: int = 1000
+    bootstrap_seed: int = 0
     batch_size: int = 16
     device: str = "auto"
 
@@ -323,14 +419,22 @@ class ScoreSettings:
         bad = sorted(set(settings.metrics) - set(ALL_METRICS))
         if bad:
             raise ValueError(f"score settings: unknown metric(s) {bad}; valid metrics: {', '.join(ALL_METRICS)}")
+        try:
+            _check_ns(settings.ns)
+        except ValueError as err:
+            raise ValueError(f"score settings: {err}") from None
         if "perplexity" in settings.metrics and not settings.perplexity_model:
             raise ValueError("score settings: metric 'perplexity' needs 'perplexity_model' (an evaluator LM)")
         if settings.mauve_num_buckets != "auto" and (not isinstance(settings.mauve_num_buckets, int) or settings.mauve_num_buckets < 2):
             raise ValueError(f"score settings: mauve_num_buckets must be 'auto' or an integer >= 2, got {settings.mauve_num_buckets!r}")
-        for key in ("mauve_max_tokens", "batch_size"):
+        if settings.coherence_pooler not in COHERENCE_POOLERS:
+            raise ValueError(f"score settings: coherence_pooler must be one of {', '.join(COHERENCE_POOLERS)}, got {settings.coherence_pooler!r}")
+        for key in ("mauve_max_tokens", "coherence_max_tokens", "batch_size", "bootstrap_resamples"):
             value = getattr(settings, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"score settings: {key} must be a positive integer, got {value!r}")
+        if isinstance(settings.bootstrap_seed, bool) or not isinstance(settings.bootstrap_seed, int) or settings.bootstrap_seed < 0:
+            raise ValueError(f"score settings: bootstrap_seed must be a non-negative integer, got {settings.bootstrap_seed!r}")
         return settings
 
     def as_dict(self) -> dict:
@@ -348,7 +452,10 @@ def check_rows(rows: Sequence[dict], where: str = "generations") -> None:
 
 
 def score_rows(rows: Sequence[dict], settings: ScoreSettings | dict | None = None, *, progress: bool = False) -> dict:
-    """All requested metrics of one generation file's rows (rows as written by :mod:`multiexit.stages.generate`)."""
+    """All requested metrics of one generation file's rows (rows as written by :mod:`multiexit.stages.generate`).
+
+    Numbers at the top level; ``"intervals"`` maps each per-prompt metric to its bootstrap interval.
+    """
     if not isinstance(settings, ScoreSettings):
         settings = ScoreSettings.from_dict(settings)
     check_rows(rows)
@@ -356,10 +463,13 @@ def score_rows(rows: Sequence[dict], settings: ScoreSettings | dict | None = Non
         raise ValueError("generations: no rows to score")
     gens = [r["generation"] for r in rows]
     result: dict = {"n_texts": len(rows)}
+    per_prompt: dict[str, Sequence[float]] = {}
     if "length" in settings.metrics:
         result.update(length_metrics(rows))
+        per_prompt.update(length_values(rows))
     if "diversity" in settings.metrics:
         result.update(repetition_metrics(gens, settings.ns))
+        per_prompt["diversity_per_text"] = per_text_diversity(gens, settings.ns)
     if "mauve" in settings.metrics:
         result.update(mauve_metrics(
             [r["reference"] for r in rows], gens, settings.featurizer, max_tokens=settings.mauve_max_tokens,
@@ -367,10 +477,37 @@ def score_rows(rows: Sequence[dict], settings: ScoreSettings | dict | None = Non
             batch_size=settings.batch_size, device=settings.device, progress=progress,
         ))
     if "coherence" in settings.metrics:
-        result.update(coherence_metrics([r["prompt"] for r in rows], gens, settings.coherence_model, device=settings.device, batch_size=settings.batch_size))
+        encoder = SentenceEncoder(settings.coherence_model, settings.device, max_tokens=settings.coherence_max_tokens,
+                                  pooler=settings.coherence_pooler)
+        sims = coherence_per_text([r["prompt"] for r in rows], gens, encoder, settings.batch_size)
+        result.update({"coherence": float(np.mean(sims)), "coherence_encoder": encoder.kind})
+        per_prompt["coherence"] = [float(v) for v in sims]
     if "perplexity" in settings.metrics:
         result.update(perplexity_metrics([r["prompt"] for r in rows], gens, settings.perplexity_model, device=settings.device))
+    result["intervals"] = {
+        key: bootstrap_interval(values, resamples=settings.bootstrap_resamples, seed=settings.bootstrap_seed)
+        for key, values in per_prompt.items()
+    }
     return result
+
+
+def setting_values(sidecar: dict | None) -> dict:
+    """The decoding setting of a generation run as flat values, from its ``.meta.json`` sidecar.
+
+    ``method``, every other key of the sidecar's ``decoding`` block (e.g. ``search``), every decoding
+    parameter, and ``seed``; unknown keys are carried as they are.
+    """
+    settings = (sidecar or {}).get("settings") or {}
+    decoding = settings.get("decoding") or {}
+    values: dict = {}
+    for key, value in decoding.items():
+        if key != "params":
+            values[key] = value
+    for key, value in (decoding.get("params") or {}).items():
+        values.setdefault(key, value)
+    if "seed" in settings:
+        values["seed"] = settings["seed"]
+    return values
 
 
 __all__ = [
@@ -383,9 +520,15 @@ __all__ = [
     "mauve_from_features",
     "mauve_metrics",
     "mauve_token_pairs",
-    "ngrams",
+    "bootstrap_interval",
+    "coherence_per_text",
+    "length_values",
+    "per_text_diversity",
     "perplexity_metrics",
-    "rep_n",
     "repetition_metrics",
     "score_rows",
+    "setting_values",
+    "simctg_ngram_counts",
+    "simctg_rep",
+    "simctg_tokens",
 ]
