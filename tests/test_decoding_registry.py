@@ -354,13 +354,9 @@ def test_acd_top_p_equals_a_hand_built_sampler(model):
     assert max(kept_sizes) > 1  # the filter left a choice at some step: this was sampling, not greedy
 
 
-def test_exit_beam_equals_a_hand_built_beam_search(model):
-    """Exit x beam rebuilt: keep the num_beams best (sum of exit log-probs) continuations each step; no EOS, so
-    every hypothesis has the same length and the best final score wins."""
-    ids, mask = _prompt(length=5, rows=1, seed=7)
-    beams, steps = 3, 5
-    got = _run(model, parse_decoding("exit", EXIT, "beam", {"num_beams": beams}), ids, mask, new=steps)
-    config = MultiExitConfiguration(use_original_head=False, output_layer_index=3, vocab_projection_mode=SHARED)
+def _beam_by_hand(model, ids, config, beams, steps):
+    """Keep the ``beams`` best continuations (sum of log-probs) each step; with no EOS every hypothesis has the same
+    length, so the best final score wins."""
     hypotheses = [([], 0.0)]
     for _ in range(steps):
         candidates = []
@@ -370,10 +366,19 @@ def test_exit_beam_equals_a_hand_built_beam_search(model):
             candidates += [(tokens + [v], score + float(logprobs[v])) for v in range(VOCAB)]
         candidates.sort(key=lambda item: item[1], reverse=True)
         hypotheses = candidates[:beams]
-    best_tokens, best_score = hypotheses[0]
-    assert got[0].tolist() == best_tokens
-    greedy = _run(model, parse_decoding("exit", EXIT), ids, mask, new=steps)[0].tolist()
-    assert best_tokens != greedy  # beam search found another sequence than greedy on this prompt
+    return hypotheses[0][0]
+
+
+def test_exit_beam_equals_a_hand_built_beam_search(model):
+    """Exit x beam rebuilt by hand, on a prompt where widths 1, 2 and 3 all end on different sequences."""
+    ids, mask = _prompt(length=5, rows=1, seed=1)
+    steps = 5
+    got = _run(model, parse_decoding("exit", EXIT, "beam", {"num_beams": 3}), ids, mask, new=steps)
+    config = MultiExitConfiguration(use_original_head=False, output_layer_index=3, vocab_projection_mode=SHARED)
+    by_hand = {beams: _beam_by_hand(model, ids, config, beams, steps) for beams in (1, 2, 3)}
+    assert got[0].tolist() == by_hand[3]
+    assert len({tuple(tokens) for tokens in by_hand.values()}) == 3  # the width matters on this prompt
+    assert by_hand[1] == _run(model, parse_decoding("exit", EXIT), ids, mask, new=steps)[0].tolist()
 
 
 def test_min_new_tokens_holds_eos_back(model):
