@@ -612,11 +612,11 @@ def build_plan(config: dict, schema: dict | str | Path | None = None, *, validat
             if model not in models:
                 raise ConfigError(f"{key}.models[{j}]", f"unknown model {model!r}; known: {', '.join(models)}")
         _check_model_refs(entry["params"], models, f"{key}.params")
-        _check_model_refs(entry["search_params"], models, f"{key}.search_params")
-        search = entry.get("search")
+        search, search_entry = entry.get("search"), entry.get("search_params") or {}
+        _check_model_refs(search_entry, models, f"{key}.search_params")
         for model in targets:
             spec = models[model]
-            search_grid = expand_params(entry["search_params"], spec, f"{key}.search_params")
+            search_grid = expand_params(search_entry, spec, f"{key}.search_params")
             for (params, explicit), (search_params, _) in itertools.product(
                     expand_params(entry["params"], spec, f"{key}.params"), search_grid):
                 try:
