@@ -91,6 +91,10 @@ def _methods(amateur: str) -> dict[str, tuple[str, dict]]:
     }
 
 
+def _rate(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
 def _sync(device) -> None:
     import torch
 
@@ -122,7 +126,7 @@ def generation_throughput(model, tokenizer, amateur: str, batches: list[int], ne
                 speed = timing["new_tokens"] / timing["seconds"]
                 speeds[(label, batch)] = speed
                 peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}" if device.type == "cuda" else "-"
-                rows_out.append([label, batch, f"{speed:,.0f}", None, peak, ",".join(map(str, timing["oom_splits"])) or "-"])
+                rows_out.append([label, batch, _rate(speed), None, peak, ",".join(map(str, timing["oom_splits"])) or "-"])
             except Exception as err:
                 failures.append(f"generation {label} batch {batch}: {type(err).__name__}: {err}")
                 traceback.print_exc()
@@ -178,7 +182,7 @@ def training_throughput(device, dtype, batch: int, seq_len: int, steps: int, rep
             raise RuntimeError(f"non-finite loss: {losses}")
         report.append("| steps | tokens/s | first loss | last loss | autocast |")
         report.append("|---|---|---|---|---|")
-        report.append(f"| {steps} | {steps * batch * seq_len / seconds:,.0f} | {losses[0]:.3f} | {losses[-1]:.3f} | "
+        report.append(f"| {steps} | {_rate(steps * batch * seq_len / seconds)} | {losses[0]:.3f} | {losses[-1]:.3f} | "
                       f"{str(dtype).replace('torch.', '') if dtype != torch.float32 else 'off'} |")
     except Exception as err:
         failures.append(f"head training: {type(err).__name__}: {err}")
@@ -197,7 +201,9 @@ def out_of_memory_split(model, tokenizer, report: list, failures: list) -> None:
     try:
         torch.cuda.empty_cache()
         weights = torch.cuda.memory_allocated(device)
-        cap = weights + 2 * 2**30  # 2 GiB above the weights; the prefill logits of 1024 prompts alone are ~3 GiB
+        # half a GiB above the weights: the KV cache of 1024 prompts x 40 tokens alone is ~0.9 GiB
+        # (30 layers x 2 x 192 x 2 B = 23 KiB per token), so the batch must split at least once
+        cap = weights + 2**29
         torch.cuda.set_per_process_memory_fraction(cap / torch.cuda.get_device_properties(device).total_memory, device)
         setting = make_run(MODEL, "greedy", {}, {"name": "gensim-lee"}).setting
         rows, timing = generate_rows(model, tokenizer, setting, _prompts(tokenizer, 1024), max_new_tokens=8, batch_size=1024, seed=0, progress=False)
