@@ -177,17 +177,21 @@ def test_resume_after_interruption_gives_the_same_file(tmp_path, tiny_model_dir,
     assert sorted(p.name for p in out.parent.iterdir()) == ["run.jsonl", "run.meta.json"]
 
 
-def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, tiny_model_dir, tiny_loaded, monkeypatch):
+def test_a_checkpoint_of_other_settings_is_discarded(tmp_path, tiny_model_dir, tiny_loaded, monkeypatch, capsys):
     out = tmp_path / "run.jsonl"
     first = make_run(tiny_model_dir, "greedy", {}, DATASET, max_new_tokens=3, batch_size=2)
     real = generation._generate_batch
     monkeypatch.setattr(generation, "_generate_batch", _dying_after(1, real))
     with pytest.raises(KeyboardInterrupt):
         run_generation(first, out, progress=False, model_and_tokenizer=tiny_loaded)
+    assert generation.checkpoint_path(out).is_file()
     monkeypatch.setattr(generation, "_generate_batch", real)
     other = make_run(tiny_model_dir, "greedy", {}, DATASET, max_new_tokens=4, batch_size=2)
-    with pytest.raises(ValueError, match="different settings"):
-        run_generation(other, out, progress=False, model_and_tokenizer=tiny_loaded)
+    run_generation(other, out, progress=False, model_and_tokenizer=tiny_loaded)
+    assert "is from other settings" in capsys.readouterr().err
+    fresh = run_generation(other, tmp_path / "fresh.jsonl", progress=False, model_and_tokenizer=tiny_loaded)
+    assert out.read_bytes() == fresh.read_bytes()
+    assert not generation.checkpoint_path(out).exists()
 
 
 def test_separate_shard_jobs_merge_to_the_single_run(tmp_path, tiny_model_dir, tiny_loaded):

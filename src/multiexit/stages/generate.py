@@ -27,6 +27,7 @@ import hashlib
 import json
 import platform
 import random
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -195,8 +196,8 @@ def generate_splitting(model, setting, input_ids, attention_mask, max_new_tokens
     """:func:`_generate_batch`, splitting a batch that runs out of GPU memory into halves (recursively).
 
     The random generators are rewound to where the failed batch began, so a deterministic method
-    gives the unsplit batch's tokens; a sampling method draws as if the halves had been the batch
-    size. The halves' new tokens are right-padded with ``pad_id`` to a common width (a shorter half
+    gives the unsplit batch's tokens; a sampling method draws as if the halves had been the batches
+    (each half loses the padding columns it does not need). The halves' new tokens are right-padded with ``pad_id`` to a common width (a shorter half
     stopped because every row reached EOS, so the padding lies after EOS). Each split's row count
     is appended to ``splits``. One row that does not fit raises the error.
     """
@@ -215,10 +216,11 @@ def generate_splitting(model, setting, input_ids, attention_mask, max_new_tokens
         splits.append(rows)
     _set_rng_state(state, device)
     half = (rows + 1) // 2
-    parts = [
-        generate_splitting(model, setting, input_ids[part], attention_mask[part], max_new_tokens, eos_ids, pad_id, splits)
-        for part in (slice(0, half), slice(half, rows))
-    ]
+    parts = []
+    for part in (slice(0, half), slice(half, rows)):
+        width = int(attention_mask[part].sum(dim=1).max())  # left padding: drop columns that pad every row of the half
+        parts.append(generate_splitting(model, setting, input_ids[part, -width:], attention_mask[part, -width:],
+                                        max_new_tokens, eos_ids, pad_id, splits))
     width = max(part.shape[1] for part in parts)
     return torch.cat([torch.nn.functional.pad(part, (0, width - part.shape[1]), value=pad_id) for part in parts])
 
@@ -263,7 +265,8 @@ def generate_rows(
     """Generate for ``prompts`` in left-padded batches after seeding with ``seed``; returns rows and timing.
 
     With ``checkpoint`` the finished rows, timing and random state are saved there (JSON) after every
-    batch; a later call with the same ``checkpoint_key`` continues from them (another key is refused).
+    batch; a later call with the same ``checkpoint_key`` continues from them (one with another key is
+    discarded: the settings changed).
     The caller removes the checkpoint once its output is safely written.
     """
     from tqdm.auto import tqdm
@@ -275,13 +278,13 @@ def generate_rows(
     seconds = 0.0
     splits: list[int] = []
     seed_everything(seed)
-    if checkpoint is not None and Path(checkpoint).is_file():
-        saved = json.loads(Path(checkpoint).read_text(encoding="utf-8"))
-        if saved.get("key") != checkpoint_key:
-            raise ValueError(
-                f"{checkpoint} was written by a run with different settings ({saved.get('key')} != {checkpoint_key}); "
-                f"delete it to start over"
-            )
+    saved = json.loads(Path(checkpoint).read_text(encoding="utf-8")) if checkpoint is not None and Path(checkpoint).is_file() else None
+    if saved is not None and saved.get("key") != checkpoint_key:
+        # the pipeline reruns a job whose settings changed under the same output name: start over
+        print(f"generate: {checkpoint} is from other settings ({saved.get('key')}, now {checkpoint_key}); starting over",
+              file=sys.stderr)
+        saved = None
+    if saved is not None:
         rows, seconds, splits = saved["rows"], saved["seconds"], saved["oom_splits"]
         random.setstate((saved["random"][0], tuple(saved["random"][1]), saved["random"][2]))
         _set_rng_state(_decode_state(saved["rng"]), device)
