@@ -36,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Dataset keys: name, path, format (jsonl|text|lines|hub), hub_config, split, text_field, id_field, "
             "detokenize (wikitext|none), num_prompts (default 64; null = all usable), prompt_tokens (32), "
             "min_reference_tokens (128), max_reference_tokens (256), seed (0).\n\n"
-            "Sharding: with --shard I only shard I of --num-shards is written to --output (merge the shard files "
-            "with --merge). Without --shard every shard runs here, checkpointed in OUTPUT.shards/ so that a killed "
-            "run resumes from its finished shards.\n\n"
+            "Sharding: --shard I writes shard I of --num-shards to --output (merge the shard files with --merge); "
+            "--shard may be left out when --num-shards is 1. Finished batches are checkpointed in OUTPUT's "
+            "<name>.partial.json, so a killed run started again resumes from them. A batch that runs out of GPU "
+            "memory is split into halves.\n\n"
             "Example:\n  generate.py --model package:smollm2-135m --method acd "
             "--params '{\"lower\": 12, \"vocab_projection_mode\": \"shared_projection_direct\"}' "
             "--dataset '{\"name\": \"gensim-lee\", \"num_prompts\": 64}' --max-new-tokens 128 --output results/acd.jsonl"
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", help="decoding method name (see the list below)")
     parser.add_argument("--params", default="{}", help="decoding parameters as a JSON object (default {}: the method's defaults)")
     parser.add_argument("--dataset", help="prompt set as a JSON object, e.g. '{\"name\": \"wikitext-103\", \"num_prompts\": 2000}'")
-    parser.add_argument("--shard", type=int, default=None, help="produce only this shard (0-based); default: all shards, resumable")
+    parser.add_argument("--shard", type=int, default=None, help="the shard to produce (0-based); may be left out with --num-shards 1")
     parser.add_argument("--num-shards", type=int, default=1, help="number of contiguous prompt shards (default 1)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per left-padded batch (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="generation seed; shard i is seeded from (seed, i) (default 0)")

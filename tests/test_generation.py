@@ -1,4 +1,4 @@
-"""Generation runs: rows and sidecar, batching = single prompts, seeding, shards, resume, errors."""
+"""Generation runs: rows and sidecar, batching = single prompts, seeding, shards, resume, OOM splitting, errors."""
 
 from __future__ import annotations
 
@@ -135,28 +135,33 @@ def test_shard_bounds_cover_everything_once():
         shard_bounds(10, 3, 3)
 
 
-def test_resume_after_interruption_gives_the_same_file(tmp_path, tiny_model_dir, tiny_loaded, monkeypatch):
-    def make():
-        return make_run(tiny_model_dir, "top_k", {"top_k": 20}, DATASET, max_new_tokens=5, batch_size=2, seed=7, num_shards=3)
-
-    reference = run_generation(make(), tmp_path / "full" / "run.jsonl", progress=False, model_and_tokenizer=tiny_loaded)
-
+def _dying_after(calls_before_death: int, real):
     calls = {"n": 0}
-    real = generation._generate_batch
 
     def dying(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:  # the first batch of shard 1 (shard 0 = 2 prompts = 1 batch)
+        if calls["n"] == calls_before_death + 1:
             raise KeyboardInterrupt("killed")
         return real(*args, **kwargs)
 
+    return dying
+
+
+def test_resume_after_interruption_gives_the_same_file(tmp_path, tiny_model_dir, tiny_loaded, monkeypatch):
+    def make():  # 6 prompts in 3 batches of 2, sampled: the resumed run must restore the random state
+        return make_run(tiny_model_dir, "top_k", {"top_k": 20}, DATASET, max_new_tokens=5, batch_size=2, seed=7)
+
+    reference = run_generation(make(), tmp_path / "full" / "run.jsonl", progress=False, model_and_tokenizer=tiny_loaded)
+    assert not generation.checkpoint_path(reference).exists()
+
+    real = generation._generate_batch
     out = tmp_path / "resumed" / "run.jsonl"
-    monkeypatch.setattr(generation, "_generate_batch", dying)
+    monkeypatch.setattr(generation, "_generate_batch", _dying_after(1, real))
     with pytest.raises(KeyboardInterrupt):
         run_generation(make(), out, progress=False, model_and_tokenizer=tiny_loaded)
     assert not out.exists() and not meta_path(out).exists()
-    finished = sorted(p.name for p in (out.parent / "run.jsonl.shards").iterdir())
-    assert finished == ["shard-00000-of-00003.jsonl", "shard-00000-of-00003.meta.json"]
+    saved = json.loads(generation.checkpoint_path(out).read_text())
+    assert len(saved["rows"]) == 2
 
     counted = {"n": 0}
 
@@ -166,42 +171,76 @@ def test_resume_after_interruption_gives_the_same_file(tmp_path, tiny_model_dir,
 
     monkeypatch.setattr(generation, "_generate_batch", counting)
     run_generation(make(), out, progress=False, model_and_tokenizer=tiny_loaded)
-    assert counted["n"] == 2  # shards 1 and 2 only, one batch each
+    assert counted["n"] == 2  # batches 2 and 3 only
     assert out.read_bytes() == reference.read_bytes()
     assert json.loads(meta_path(out).read_text())["n_prompts"] == 6
-    assert not (out.parent / "run.jsonl.shards").exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run.jsonl", "run.meta.json"]
 
 
-def test_resume_refuses_shards_of_another_run(tmp_path, tiny_model_dir, tiny_loaded, monkeypatch):
+def test_a_checkpoint_of_other_settings_is_discarded(tmp_path, tiny_model_dir, tiny_loaded, monkeypatch, capsys):
     out = tmp_path / "run.jsonl"
-    first = make_run(tiny_model_dir, "greedy", {}, DATASET, max_new_tokens=3, num_shards=2)
+    first = make_run(tiny_model_dir, "greedy", {}, DATASET, max_new_tokens=3, batch_size=2)
     real = generation._generate_batch
-    calls = {"n": 0}
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(generation, "_generate_batch", dying)
+    monkeypatch.setattr(generation, "_generate_batch", _dying_after(1, real))
     with pytest.raises(KeyboardInterrupt):
         run_generation(first, out, progress=False, model_and_tokenizer=tiny_loaded)
+    assert generation.checkpoint_path(out).is_file()
     monkeypatch.setattr(generation, "_generate_batch", real)
-    other = make_run(tiny_model_dir, "greedy", {}, DATASET, max_new_tokens=4, num_shards=2)
-    with pytest.raises(ValueError, match="different settings"):
-        run_generation(other, out, progress=False, model_and_tokenizer=tiny_loaded)
+    other = make_run(tiny_model_dir, "greedy", {}, DATASET, max_new_tokens=4, batch_size=2)
+    run_generation(other, out, progress=False, model_and_tokenizer=tiny_loaded)
+    assert "is from other settings" in capsys.readouterr().err
+    fresh = run_generation(other, tmp_path / "fresh.jsonl", progress=False, model_and_tokenizer=tiny_loaded)
+    assert out.read_bytes() == fresh.read_bytes()
+    assert not generation.checkpoint_path(out).exists()
 
 
 def test_separate_shard_jobs_merge_to_the_single_run(tmp_path, tiny_model_dir, tiny_loaded):
-    run = make_run(tiny_model_dir, "typical", {}, DATASET, max_new_tokens=4, batch_size=2, seed=3, num_shards=2)
-    whole = run_generation(run, tmp_path / "whole.jsonl", progress=False, model_and_tokenizer=tiny_loaded)
+    whole_run = make_run(tiny_model_dir, "greedy", {}, DATASET, max_new_tokens=4, batch_size=2)
+    whole = run_generation(whole_run, tmp_path / "whole.jsonl", progress=False, model_and_tokenizer=tiny_loaded)
+    run = make_run(tiny_model_dir, "greedy", {}, DATASET, max_new_tokens=4, batch_size=2, num_shards=2)
+    with pytest.raises(ValueError, match="this run has 2 shards"):
+        run_generation(run, tmp_path / "all.jsonl", progress=False, model_and_tokenizer=tiny_loaded)
     parts = [run_generation(run, tmp_path / f"s{i}.jsonl", shard=i, progress=False, model_and_tokenizer=tiny_loaded) for i in (1, 0)]
     merged = merge_shards(parts, tmp_path / "merged.jsonl")
     assert merged.read_bytes() == whole.read_bytes()
     assert json.loads(meta_path(merged).read_text())["shards"] == [0, 1]
     with pytest.raises(ValueError, match="expected shards 0..1 exactly once"):
         merge_shards(parts[:1], tmp_path / "bad.jsonl")
+
+
+def _raise_oom_above(rows_that_fit: int, real):
+    """A stand-in for running out of GPU memory: batches larger than ``rows_that_fit`` raise torch's OOM error."""
+    calls = []
+
+    def forward(model, setting, input_ids, *args):
+        calls.append(input_ids.shape[0])
+        if input_ids.shape[0] > rows_that_fit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, setting, input_ids, *args)
+
+    return forward, calls
+
+
+@pytest.mark.parametrize("method, params", [("greedy", {}), ("acd", {"lower": 2, "vocab_projection_mode": "shared_projection_direct"}),
+                                             ("top_k", {"top_k": 20})])
+def test_a_batch_that_runs_out_of_memory_is_split(tmp_path, tiny_model_dir, tiny_loaded, monkeypatch, method, params):
+    run = make_run(tiny_model_dir, method, params, {**DATASET, "num_prompts": 5}, max_new_tokens=6, batch_size=5, seed=2)
+    unsplit = run_generation(run, tmp_path / "unsplit.jsonl", progress=False, model_and_tokenizer=tiny_loaded)
+    forward, calls = _raise_oom_above(2, generation._generate_batch)
+    monkeypatch.setattr(generation, "_generate_batch", forward)
+    split = run_generation(run, tmp_path / "split.jsonl", progress=False, model_and_tokenizer=tiny_loaded)
+    assert calls == [5, 3, 2, 1, 2]  # 5 -> 3 + 2, 3 -> 2 + 1
+    meta = json.loads(meta_path(split).read_text())
+    assert meta["shard_timings"][0]["oom_splits"] == [5, 3]
+    if method != "top_k":  # deterministic: the unsplit batch's tokens
+        assert split.read_bytes() == unsplit.read_bytes()
+    else:  # sampled: the same as a run at the split sizes would draw, all rows present
+        assert [r["id"] for r in read_jsonl(split)] == [r["id"] for r in read_jsonl(unsplit)]
+    forward, calls = _raise_oom_above(0, generation._generate_batch)
+    monkeypatch.setattr(generation, "_generate_batch", forward)
+    with pytest.raises(torch.OutOfMemoryError):
+        run_generation(run, tmp_path / "never.jsonl", progress=False, model_and_tokenizer=tiny_loaded)
+    assert calls == [5, 3, 2, 1]  # a single row that does not fit is the job's error
 
 
 @pytest.mark.parametrize(

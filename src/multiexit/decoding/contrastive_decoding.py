@@ -61,13 +61,12 @@ def _validate(params: dict) -> None:
 
 def load_amateur(source: str, device, dtype):
     """The amateur model for ``source`` on ``device``/``dtype`` (loaded once per process)."""
-    from multiexit.model.modeling import AutoMultiExitModel
+    from multiexit.inputs.models import load_model
 
     path = resolve_model_source(str(source))
     key = (path, str(device), str(dtype))
     if key not in _AMATEURS:
-        model = AutoMultiExitModel.from_pretrained(path, dtype=dtype)
-        _AMATEURS[key] = model.to(device).eval()
+        _AMATEURS[key] = load_model(path, device=device, dtype=dtype, tokenizer=False)[0]
     return _AMATEURS[key]
 
 

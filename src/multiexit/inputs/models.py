@@ -133,3 +133,77 @@ def _build_gpt2_tokenizer(target: Path) -> None:
         )
         with atomic_directory(target) as staging:
             tokenizer.save_pretrained(staging)
+
+
+# ------------------------------------------------------------------------------ device, precision, loading
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def check_dtype_name(dtype: str) -> str:
+    """``dtype`` if it is ``auto`` or one of :data:`DTYPE_NAMES`, else a ValueError naming the choices."""
+    if dtype != "auto" and dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPE_NAMES)}; got {dtype!r}")
+    return dtype
+
+
+def resolve_device(device: str = "auto"):
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other name is parsed by torch."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device: {err}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} was asked for but torch sees no CUDA GPU (torch {torch.__version__})")
+    return resolved
+
+
+def resolve_dtype(dtype: str = "auto", device=None):
+    """The torch dtype of the weights: ``auto`` is bfloat16 on a GPU that supports it, else float32."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    check_dtype_name(dtype)
+    if dtype == "auto":
+        device = resolve_device(device or "auto")
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def dtype_name(dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (what sidecars record)."""
+    return str(dtype).replace("torch.", "")
+
+
+def load_model(source: str, *, device: str = "auto", dtype: str = "auto", multi_exit_config=None,
+               multi_exit: bool = True, tokenizer: bool = True, **hf_kwargs):
+    """The one model loader: ``(model, tokenizer)`` in eval mode on ``device`` in ``dtype``.
+
+    ``source`` is a local folder, Hub name or ``package:<name>``. With ``multi_exit`` (default) the
+    model is an :class:`~multiexit.model.modeling.AutoMultiExitModel` configured by
+    ``multi_exit_config`` (default: the original head); otherwise the plain HF causal LM.
+    ``device``/``dtype`` go through :func:`resolve_device` and :func:`resolve_dtype`; the tokenizer
+    is None when ``tokenizer=False``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    path = resolve_model_source(source)
+    if multi_exit:
+        from multiexit.model.modeling import AutoMultiExitModel
+
+        model = AutoMultiExitModel.from_pretrained(path, multi_exit_config, dtype=torch_dtype, **hf_kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **hf_kwargs)
+    model = model.to(torch_device).eval()
+    return model, (AutoTokenizer.from_pretrained(path) if tokenizer else None)

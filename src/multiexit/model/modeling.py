@@ -63,8 +63,10 @@ def few_rows_linear(linear: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     (2 x 576 x 49,152 on 2 threads: 27 ms vs 12 ms), while ``weight @ hidden.T`` streams the weight
     once (5 ms); at 64+ rows the two are even. Same values up to float rounding. One row, many rows,
     other devices, other module types and modules with hooks (accelerate offloading) take the
-    module's own call.
+    module's own call. A hidden state of another dtype than the weight (a float32 head on a bf16 body)
+    is cast to the weight's dtype first.
     """
+    hidden = _as_weight_dtype(linear, hidden)
     rows = hidden.numel() // hidden.shape[-1]
     if (type(linear) is not nn.Linear or hidden.device.type != "cpu" or not 2 <= rows <= _FEW_ROWS
             or linear._forward_hooks or linear._forward_pre_hooks or hasattr(linear, "_hf_hook")):
@@ -73,6 +75,14 @@ def few_rows_linear(linear: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     if linear.bias is not None:
         logits = logits + linear.bias
     return logits.reshape(*hidden.shape[:-1], logits.shape[-1])
+
+
+def _as_weight_dtype(module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``hidden`` in the dtype of ``module.weight`` (no copy when they already match; autocast still applies)."""
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point() and hidden.dtype != weight.dtype:
+        return hidden.to(weight.dtype)
+    return hidden
 
 
 def _block_output(output):
@@ -179,7 +189,8 @@ class MultiExitMixin:
     def exit_head_input(self, layer: int, normed_hidden: torch.Tensor, mode: VocabularyProjectionMode) -> torch.Tensor:
         """What the shared head reads for exit ``layer`` (the cast state in SHARED_PROJECTION_CAST_OUTPUTS)."""
         if mode == VocabularyProjectionMode.SHARED_PROJECTION_CAST_OUTPUTS and cast_name(layer) in self.name_to_cast_matrix:
-            return self.name_to_cast_matrix[cast_name(layer)](normed_hidden)
+            cast = self.name_to_cast_matrix[cast_name(layer)]
+            return cast(_as_weight_dtype(cast, normed_hidden))
         return normed_hidden
 
     def project_exit(self, layer: int, normed_hidden: torch.Tensor, mode: VocabularyProjectionMode) -> torch.Tensor:

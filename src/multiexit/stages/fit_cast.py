@@ -233,8 +233,7 @@ def run_cast_fit(
     from pathlib import Path
 
     from multiexit.model.config import MultiExitConfiguration
-    from multiexit.model.modeling import AutoMultiExitModel
-    from multiexit.inputs.models import resolve_model_source
+    from multiexit.inputs.models import check_dtype_name, load_model, resolve_model_source
     from multiexit.inputs.corpora import load_token_chunks, validate_corpus_spec
     from multiexit.io import atomic_write_text
     from multiexit.stages.train_heads import load_tokenizer, save_trained_model
@@ -243,12 +242,11 @@ def run_cast_fit(
         layers = [int(v) for v in layers.replace(";", ",").split(",") if v.strip()]
     if not layers:
         raise ValueError("layers: expected at least one cast layer")
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype: unknown {dtype!r}; allowed: float32, bfloat16, float16")
+    check_dtype_name(dtype)
     validate_corpus_spec(corpus)
     source = resolve_model_source(model_source)
     tokenizer = load_tokenizer(source, tokenizer_source)
-    model = AutoMultiExitModel.from_pretrained(source, MultiExitConfiguration(), dtype=getattr(torch, dtype)).to(device)
+    model, _ = load_model(source, device=device, dtype=dtype, multi_exit_config=MultiExitConfiguration(), tokenizer=False)
     top = model.num_exit_layers
     bad = [l for l in layers if not 1 <= l < top]
     if bad:

@@ -8,23 +8,26 @@ Each output row is ``{id, prompt, reference, generation, n_new_tokens, stop_reas
 
 Next to ``<name>.jsonl`` a sidecar ``<name>.meta.json`` records the decoding setting (method and
 full parameter dict, whatever method the registry of :mod:`multiexit.decoding.registry` holds), the model,
-the dataset request, seed, batch size, shard layout, library versions, device, wall time and
-tokens/s.
+the dataset request, seed, batch size, shard layout, library versions, device, weight dtype, wall
+time and tokens/s.
 
-Prompts are split into ``num_shards`` contiguous shards. A run either produces one shard
-(``shard=i``: the pipeline runs shards as separate jobs and merges them with :func:`merge_shards`)
-or all of them in one process, checkpointing each finished shard in ``<output>.shards/``; a killed
-run restarts from its finished shards, and because every shard is seeded from ``(seed, shard)`` the
-resumed file is identical to an uninterrupted one. Every file is written under a temporary name and
-renamed when complete, so a partial file never looks finished.
+Prompts are split into ``num_shards`` contiguous shards and one call produces one shard (the
+pipeline runs each shard as its own job and merges them with :func:`merge_shards`; a run with
+``num_shards=1`` is its own single shard). After every batch the finished rows and the random
+generators' state are checkpointed in ``<output>.partial.json``; a killed job restarts from its
+finished batches, and the resumed file is identical to an uninterrupted one. A batch that runs out
+of GPU memory is split into halves (recursively) instead of failing the job. Every file is written
+under a temporary name and renamed when complete, so a partial file never looks finished.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import platform
-import shutil
+import random
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,6 +39,7 @@ import torch
 
 import multiexit.decoding.registry as decoding
 from multiexit.io import atomic_write_text
+from multiexit.inputs.models import check_dtype_name, dtype_name, load_model
 from multiexit.inputs.prompts import DatasetRequest, Prompt, load_prompts
 from multiexit.decoding.registry import DecodingSetting, derived_settings, parse_decoding
 from multiexit.seeding import seed_everything
@@ -97,26 +101,6 @@ def library_versions() -> dict:
     return versions
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device: {err}") from None
-
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}")
-    return _DTYPES[dtype]
-
-
 # ------------------------------------------------------------------------------ the run
 
 
@@ -140,8 +124,7 @@ class GenerationRun:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if self.dtype != "auto" and self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {self.dtype!r}")
+        check_dtype_name(self.dtype)
 
     def settings(self) -> dict:
         return {
@@ -159,18 +142,9 @@ class GenerationRun:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def load_generation_model(model: str, device: torch.device, dtype: torch.dtype):
-    """The multi-exit model (original head by default) and its tokenizer from a local folder, Hub name or ``package:``."""
-    from transformers import AutoTokenizer
-
-    from multiexit.model.modeling import AutoMultiExitModel
-    from multiexit.inputs.models import resolve_model_source
-
-    source = resolve_model_source(model)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    lm = AutoMultiExitModel.from_pretrained(source, dtype=dtype).to(device)
-    lm.eval()
-    return lm, tokenizer
+def load_generation_model(model: str, device="auto", dtype="auto"):
+    """The multi-exit model (original head) and its tokenizer: :func:`multiexit.inputs.models.load_model`."""
+    return load_model(model, device=device, dtype=dtype)
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -201,6 +175,56 @@ def _generate_batch(model, setting, input_ids, attention_mask, max_new_tokens, e
     )
 
 
+# torch >= 2.5 names it torch.OutOfMemoryError; torch.cuda.OutOfMemoryError is the same class there
+OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def generate_splitting(model, setting, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, splits: list | None = None) -> torch.Tensor:
+    """:func:`_generate_batch`, splitting a batch that runs out of GPU memory into halves (recursively).
+
+    The random generators are rewound to where the failed batch began, so a deterministic method
+    gives the unsplit batch's tokens; a sampling method draws as if the halves had been the batches
+    (each half loses the padding columns it does not need). The halves' new tokens are right-padded with ``pad_id`` to a common width (a shorter half
+    stopped because every row reached EOS, so the padding lies after EOS). Each split's row count
+    is appended to ``splits``. One row that does not fit raises the error.
+    """
+    device = input_ids.device
+    state = _rng_state(device)
+    try:
+        return _generate_batch(model, setting, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id)
+    except OUT_OF_MEMORY:
+        rows = input_ids.shape[0]
+        if rows == 1:
+            raise
+    # out of the except block, so the failed attempt's tensors (held by the traceback) can be freed
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if splits is not None:
+        splits.append(rows)
+    _set_rng_state(state, device)
+    half = (rows + 1) // 2
+    parts = []
+    for part in (slice(0, half), slice(half, rows)):
+        width = int(attention_mask[part].sum(dim=1).max())  # left padding: drop columns that pad every row of the half
+        parts.append(generate_splitting(model, setting, input_ids[part, -width:], attention_mask[part, -width:],
+                                        max_new_tokens, eos_ids, pad_id, splits))
+    width = max(part.shape[1] for part in parts)
+    return torch.cat([torch.nn.functional.pad(part, (0, width - part.shape[1]), value=pad_id) for part in parts])
+
+
 def finish_row(prompt: Prompt, new_tokens: Sequence[int], eos_ids: Sequence[int], tokenizer) -> dict:
     """Cut one row of new tokens at its first EOS and decode it."""
     tokens = [int(t) for t in new_tokens]
@@ -216,6 +240,14 @@ def finish_row(prompt: Prompt, new_tokens: Sequence[int], eos_ids: Sequence[int]
     }
 
 
+def _encode_state(state: dict) -> dict:
+    return {key: base64.b64encode(value.cpu().numpy().tobytes()).decode("ascii") for key, value in state.items()}
+
+
+def _decode_state(state: dict) -> dict:
+    return {key: torch.frombuffer(bytearray(base64.b64decode(value)), dtype=torch.uint8) for key, value in state.items()}
+
+
 def generate_rows(
     model,
     tokenizer,
@@ -227,30 +259,55 @@ def generate_rows(
     seed: int,
     progress: bool = True,
     desc: str = "generate",
+    checkpoint: str | Path | None = None,
+    checkpoint_key: str = "",
 ) -> tuple[list[dict], dict]:
-    """Generate for ``prompts`` in left-padded batches after seeding with ``seed``; returns rows and timing."""
+    """Generate for ``prompts`` in left-padded batches after seeding with ``seed``; returns rows and timing.
+
+    With ``checkpoint`` the finished rows, timing and random state are saved there (JSON) after every
+    batch; a later call with the same ``checkpoint_key`` continues from them (one with another key is
+    discarded: the settings changed).
+    The caller removes the checkpoint once its output is safely written.
+    """
     from tqdm.auto import tqdm
 
     eos_ids = eos_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     device = next(model.parameters()).device
-    seed_everything(seed)
     rows: list[dict] = []
     seconds = 0.0
-    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
-    for start in range(0, len(prompts), batch_size):
+    splits: list[int] = []
+    seed_everything(seed)
+    saved = json.loads(Path(checkpoint).read_text(encoding="utf-8")) if checkpoint is not None and Path(checkpoint).is_file() else None
+    if saved is not None and saved.get("key") != checkpoint_key:
+        # the pipeline reruns a job whose settings changed under the same output name: start over
+        print(f"generate: {checkpoint} is from other settings ({saved.get('key')}, now {checkpoint_key}); starting over",
+              file=sys.stderr)
+        saved = None
+    if saved is not None:
+        rows, seconds, splits = saved["rows"], saved["seconds"], saved["oom_splits"]
+        random.setstate((saved["random"][0], tuple(saved["random"][1]), saved["random"][2]))
+        _set_rng_state(_decode_state(saved["rng"]), device)
+    bar = tqdm(total=len(prompts), initial=len(rows), desc=desc, unit="prompt", disable=not progress)
+    for start in range(len(rows), len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
         input_ids, mask = _left_pad([p.prompt_ids for p in batch], pad_id, device)
         began = time.perf_counter()
-        new = _generate_batch(model, setting, input_ids, mask, max_new_tokens, eos_ids, pad_id)
+        new = generate_splitting(model, setting, input_ids, mask, max_new_tokens, eos_ids, pad_id, splits)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - began
         rows.extend(finish_row(p, new[i].tolist(), eos_ids, tokenizer) for i, p in enumerate(batch))
+        if checkpoint is not None and start + batch_size < len(prompts):
+            version, internal, gauss = random.getstate()
+            atomic_write_text(checkpoint, json.dumps({
+                "key": checkpoint_key, "rows": rows, "seconds": seconds, "oom_splits": splits,
+                "random": [version, list(internal), gauss], "rng": _encode_state(_rng_state(device)),
+            }))
         bar.update(len(batch))
     bar.close()
     tokens = sum(r["n_new_tokens"] for r in rows)
-    return rows, {"n_prompts": len(rows), "new_tokens": tokens, "seconds": seconds}
+    return rows, {"n_prompts": len(rows), "new_tokens": tokens, "seconds": seconds, "oom_splits": splits}
 
 
 def _timing_summary(parts: Sequence[dict]) -> dict:
@@ -273,7 +330,7 @@ def _meta(run: GenerationRun, shards: list[int], parts: list[dict], device: torc
         "decoding_description": method.description,
         "shards": shards,
         "device": str(device),
-        "torch_dtype": str(dtype).replace("torch.", ""),
+        "torch_dtype": dtype_name(dtype),
         "versions": library_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **_timing_summary(parts),
@@ -282,12 +339,9 @@ def _meta(run: GenerationRun, shards: list[int], parts: list[dict], device: torc
     }
 
 
-def shard_dir(output: str | Path) -> Path:
-    return Path(f"{output}.shards")
-
-
-def shard_file(output: str | Path, shard: int, num_shards: int) -> Path:
-    return shard_dir(output) / f"shard-{shard:05d}-of-{num_shards:05d}.jsonl"
+def checkpoint_path(output: str | Path) -> Path:
+    """``results/x.jsonl`` -> ``results/x.partial.json`` (finished batches of an interrupted run)."""
+    return meta_path(output).with_name(meta_path(output).name.replace(".meta.json", ".partial.json"))
 
 
 def run_generation(
@@ -300,30 +354,34 @@ def run_generation(
     model_and_tokenizer: tuple | None = None,
     prompts: Sequence[Prompt] | None = None,
 ) -> Path:
-    """Run ``run`` and write ``output`` (JSONL) and its sidecar; returns ``output``.
+    """Produce shard ``shard`` of ``run`` as ``output`` (JSONL) and its sidecar; returns ``output``.
 
-    With ``shard=None`` all shards run here, each checkpointed under ``<output>.shards/`` and
-    skipped when already finished with the same fingerprint; the shards are then concatenated
-    into ``output`` and the checkpoint folder removed. With ``shard=i`` only shard ``i`` is
-    produced, written directly to ``output`` (merge them with :func:`merge_shards`).
-    ``model_and_tokenizer`` / ``prompts`` let a caller reuse an already loaded model or prompt set.
+    ``shard`` may be omitted when ``run.num_shards == 1``. The shards of a multi-shard run are
+    separate calls (the pipeline's jobs), merged with :func:`merge_shards`. Finished batches are
+    checkpointed in ``<output>.partial.json`` (see :func:`generate_rows`): rerunning a killed call
+    resumes there. ``model_and_tokenizer`` / ``prompts`` let a caller reuse an already loaded
+    model or prompt set; ``device`` and ``run.dtype`` are resolved by :mod:`multiexit.inputs.models`.
     """
     output = Path(output)
     if not output.name.endswith(".jsonl"):
         raise ValueError(f"output must end in .jsonl, got {output}")
-    if shard is not None and not 0 <= shard < run.num_shards:
+    if shard is None:
+        if run.num_shards != 1:
+            raise ValueError(f"shard: this run has {run.num_shards} shards; produce each with shard=i and merge them")
+        shard = 0
+    if not 0 <= shard < run.num_shards:
         raise ValueError(f"shard must be in 0..{run.num_shards - 1}, got {shard}")
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(run.dtype, torch_device)
     if model_and_tokenizer is None:
-        model_and_tokenizer = load_generation_model(run.model, torch_device, torch_dtype)
+        model_and_tokenizer = load_generation_model(run.model, device, run.dtype)
     model, tokenizer = model_and_tokenizer
+    param = next(model.parameters())
     if prompts is None:
         prompts = load_prompts(run.dataset, tokenizer)
     if len(prompts) < run.num_shards:
         raise ValueError(f"num_shards ({run.num_shards}) is larger than the number of prompts ({len(prompts)})")
 
     # what a method resolves from the model (DoLa's candidate layers, the CD amateur's size...)
+<<<<<<< HEAD
     # and the search it runs (None: the method's own loop), spelled out whatever the default
     derived = {"decoding_derived": derived_settings(model, run.setting), "decoding_search": run.setting.search_dict()}
 
@@ -360,10 +418,21 @@ def run_generation(
         atomic_write_text(side, json.dumps(_meta(run, [index], [timing], torch_device, torch_dtype, derived), indent=2) + "\n")
         parts.append(timing)
     text = "".join(shard_file(output, i, run.num_shards).read_text(encoding="utf-8") for i in range(run.num_shards))
+=======
+    derived = {"decoding_derived": derived_settings(model, run.setting)}
+    start, end = shard_bounds(len(prompts), run.num_shards, shard)
+    checkpoint = checkpoint_path(output)
+    rows, timing = generate_rows(
+        model, tokenizer, run.setting, prompts[start:end],
+        max_new_tokens=run.max_new_tokens, batch_size=run.batch_size, seed=shard_seed(run.seed, shard),
+        progress=progress, desc=f"{run.setting.method} shard {shard + 1}/{run.num_shards}",
+        checkpoint=checkpoint, checkpoint_key=f"{run.fingerprint()}/shard-{shard}",
+    )
+>>>>>>> precision
     # sidecar first: the JSONL (what pipelines wait for) appears last
-    atomic_write_text(meta_path(output), json.dumps(_meta(run, list(range(run.num_shards)), parts, torch_device, torch_dtype, derived), indent=2) + "\n")
-    atomic_write_text(output, text)
-    shutil.rmtree(folder, ignore_errors=True)
+    atomic_write_text(meta_path(output), json.dumps(_meta(run, [shard], [timing], param.device, param.dtype, derived), indent=2) + "\n")
+    atomic_write_text(output, rows_to_jsonl(rows))
+    checkpoint.unlink(missing_ok=True)
     return output
 
 
@@ -419,6 +488,8 @@ __all__ = [
     "meta_path",
     "read_jsonl",
     "run_generation",
+    "generate_splitting",
+    "checkpoint_path",
     "shard_bounds",
     "shard_seed",
 ]
