@@ -381,45 +381,8 @@ def run_generation(
         raise ValueError(f"num_shards ({run.num_shards}) is larger than the number of prompts ({len(prompts)})")
 
     # what a method resolves from the model (DoLa's candidate layers, the CD amateur's size...)
-<<<<<<< HEAD
     # and the search it runs (None: the method's own loop), spelled out whatever the default
     derived = {"decoding_derived": derived_settings(model, run.setting), "decoding_search": run.setting.search_dict()}
-
-    def produce(index: int) -> tuple[list[dict], dict]:
-        start, end = shard_bounds(len(prompts), run.num_shards, index)
-        return generate_rows(
-            model, tokenizer, run.setting, prompts[start:end],
-            max_new_tokens=run.max_new_tokens, batch_size=run.batch_size, seed=shard_seed(run.seed, index),
-            progress=progress, desc=f"{run.setting.method} shard {index + 1}/{run.num_shards}",
-        )
-
-    if shard is not None:
-        rows, timing = produce(shard)
-        atomic_write_text(output, rows_to_jsonl(rows))
-        atomic_write_text(meta_path(output), json.dumps(_meta(run, [shard], [timing], torch_device, torch_dtype, derived), indent=2) + "\n")
-        return output
-
-    folder = shard_dir(output)
-    parts: list[dict] = []
-    for index in range(run.num_shards):
-        path = shard_file(output, index, run.num_shards)
-        side = meta_path(path)
-        if path.is_file() and side.is_file():
-            saved = json.loads(side.read_text())
-            if saved.get("fingerprint") != run.fingerprint():
-                raise ValueError(
-                    f"{path} was written by a run with different settings (fingerprint {saved.get('fingerprint')} "
-                    f"!= {run.fingerprint()}); delete {folder} to start over"
-                )
-            parts.extend(saved["shard_timings"])
-            continue
-        rows, timing = produce(index)
-        atomic_write_text(path, rows_to_jsonl(rows))
-        atomic_write_text(side, json.dumps(_meta(run, [index], [timing], torch_device, torch_dtype, derived), indent=2) + "\n")
-        parts.append(timing)
-    text = "".join(shard_file(output, i, run.num_shards).read_text(encoding="utf-8") for i in range(run.num_shards))
-=======
-    derived = {"decoding_derived": derived_settings(model, run.setting)}
     start, end = shard_bounds(len(prompts), run.num_shards, shard)
     checkpoint = checkpoint_path(output)
     rows, timing = generate_rows(
@@ -428,7 +391,6 @@ def run_generation(
         progress=progress, desc=f"{run.setting.method} shard {shard + 1}/{run.num_shards}",
         checkpoint=checkpoint, checkpoint_key=f"{run.fingerprint()}/shard-{shard}",
     )
->>>>>>> precision
     # sidecar first: the JSONL (what pipelines wait for) appears last
     atomic_write_text(meta_path(output), json.dumps(_meta(run, [shard], [timing], param.device, param.dtype, derived), indent=2) + "\n")
     atomic_write_text(output, rows_to_jsonl(rows))

@@ -176,16 +176,7 @@ def load_causal_lm(name_or_path: str, device: str = "auto"):
     """A plain HF causal LM + tokenizer in float32 (``package:<name>`` resolves to the converted packaged model)."""
     from multiexit.inputs.models import load_model
 
-<<<<<<< HEAD
-    from multiexit.inputs.models import resolve_model_source
-
-    source = resolve_model_source(str(name_or_path))
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source).to(_device(device)).eval()
-    return model, tokenizer
-=======
     return load_model(name_or_path, device=device, dtype="float32", multi_exit=False)
->>>>>>> precision
 
 
 # ------------------------------------------------------------------------------ MAUVE
