@@ -59,10 +59,10 @@ def main(argv=None) -> int:
     from multiexit.model.config import MultiExitConfiguration
     from multiexit.inputs.models import resolve_model_source
     from multiexit.inputs.corpora import collate_chunks, load_token_chunks
-    from multiexit.stages.train_heads import ExitObjective, HeadTrainingConfig, prepare_model_for_training, trainable_parameters
+    from multiexit.stages.train_heads import ExitObjective, HeadTrainingSettings, prepare_model_for_training, trainable_parameters
 
     source = resolve_model_source(args.model)
-    config = HeadTrainingConfig(exits=args.exits, init="warm", batch_size=args.batch_size)
+    config = HeadTrainingSettings(exits=args.exits, init="warm", batch_size=args.batch_size)
     tokenizer = AutoTokenizer.from_pretrained(source)
     n = (args.batches + 1) * args.batch_size
     chunks = load_token_chunks("lee_background", tokenizer, args.seq_len, train_tokens=n * args.seq_len, seed=0).train

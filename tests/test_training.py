@@ -130,6 +130,12 @@ def test_cast_init_folds_the_least_squares_cast_into_the_original_head(tiny_dir,
     assert torch.equal(model.name_to_lm_exit_head["lm_head_4"].weight, plain.lm_head.weight)
     with pytest.raises(ValueError, match="cast"):
         prepare_model_for_training(str(tiny_dir), config)
+    # max_steps=0: no optimizer step, the heads stay the cast fold (a training-free exit)
+    before = model.name_to_lm_exit_head["lm_head_2"].weight.detach().clone()
+    zero = HeadTrainingConfig(exits=[2, 4], init="cast", max_steps=0, batch_size=4)
+    result = train_exits(model, list(chunks.train), zero, collate_chunks, log=lambda *_: None)
+    assert result.steps == 0 and result.history == []
+    assert torch.equal(model.name_to_lm_exit_head["lm_head_2"].weight, before)
 
 
 def test_objective_matches_core_forward_loss(tiny_dir, chunks):

@@ -216,6 +216,27 @@ class MultiExitMixin:
             for handle in handles:
                 handle.remove()
 
+    def exit_states(self, layers: Iterable[int | str], logits_to_keep: int = 0, **body_arguments):
+        """One body pass: the base model's outputs and the final-normed state of each of ``layers``.
+
+        ``ORIGINAL`` and the top layer map to the last hidden state (already normed by the body);
+        ``logits_to_keep`` keeps only the last positions (0: all). Used by :meth:`multi_exit_forward`
+        and by head training.
+        """
+        top = self.num_exit_layers
+        layers = list(dict.fromkeys(layers))
+        intermediate = [layer for layer in layers if layer != ORIGINAL and layer < top]
+        with self.capture_layers(intermediate) as captured:
+            outputs = self.base_model(**body_arguments)
+        last = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        states = {layer: last if layer == ORIGINAL or layer == top
+                  else self.final_transform(slice_logits_to_keep(captured[layer], logits_to_keep)) for layer in layers}
+        return outputs, states
+
+    def exit_loss(self, logits: torch.Tensor, labels: torch.Tensor, **extra) -> torch.Tensor:
+        """Token-mean next-token cross-entropy of one exit's logits (the model's own causal-LM loss)."""
+        return self.loss_function(logits=logits, labels=labels, vocab_size=self.config.get_text_config().vocab_size, **extra)
+
     # ------------------------------------------------------------------ forward
     def forward(self, *args, **kwargs):
         """The configured output: original head, one exit (output_layer_index) or ACD (contrast_layer_indices).
@@ -244,32 +265,23 @@ class MultiExitMixin:
     def multi_exit_forward(self, body_arguments: dict, extra: dict, labels, logits_to_keep) -> MultiExitCausalLMOutput:
         config = self.multi_exit_config
         mode = config.vocab_projection_mode
-        top = self.num_exit_layers
         output_layers = config.output_layers
         loss_layers = self.trained_exit_layers(mode) if labels is not None else []
-        wanted = set(output_layers) | set(loss_layers)
-        intermediate = [layer for layer in wanted if layer != ORIGINAL and layer < top]
-
-        with self.capture_layers(intermediate) as captured:
-            outputs = self.base_model(**body_arguments, **extra)
-
+        outputs, states = self.exit_states([*output_layers, *loss_layers], logits_to_keep, **body_arguments, **extra)
         last = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-
-        def normed(layer):
-            return last if layer == ORIGINAL or layer == top else self.final_transform(slice_logits_to_keep(captured[layer], logits_to_keep))
 
         # Exits read through the shared output head are projected in one stacked matmul: the head
         # weight (hidden x vocab) is then read once per step instead of once per exit (see few_rows_linear).
         cache: dict = {}
         shared = [layer for layer in dict.fromkeys([*output_layers, *loss_layers]) if self.uses_original_head(layer, mode)]
         if len(shared) > 1:
-            inputs = [self.exit_head_input(layer, normed(layer), mode) for layer in shared]
+            inputs = [self.exit_head_input(layer, states[layer], mode) for layer in shared]
             stacked = self.original_head_logits(torch.cat(inputs, dim=0))
             cache.update(zip(shared, stacked.split(last.shape[0], dim=0)))
 
         def logits_of(layer):
             if layer not in cache:
-                cache[layer] = self.original_head_logits(last) if layer == ORIGINAL else self.project_exit(layer, normed(layer), mode)
+                cache[layer] = self.original_head_logits(last) if layer == ORIGINAL else self.project_exit(layer, states[layer], mode)
             return cache[layer]
 
         if config.contrast_layer_indices is not None:
@@ -282,9 +294,7 @@ class MultiExitMixin:
         if labels is not None:
             exit_losses = {}
             for layer in loss_layers:
-                exit_losses[layer] = self.loss_function(
-                    logits=logits_of(layer), labels=labels, vocab_size=self.config.vocab_size, **extra
-                )
+                exit_losses[layer] = self.exit_loss(logits_of(layer), labels, **extra)
             loss = torch.stack(list(exit_losses.values())).sum() if exit_losses else None
 
         return MultiExitCausalLMOutput(

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from multiexit.model.config import VocabularyProjectionMode
+from multiexit.model.config import ORIGINAL, VocabularyProjectionMode
 from multiexit.model.modeling import cast_name
 
 
@@ -144,9 +144,9 @@ def fit_cast_matrices(
     for start in tqdm(range(0, len(chunk_ids), batch_size), desc="cast: collect states", disable=not progress):
         ids = chunk_ids[start:start + batch_size]
         input_ids = chunks[ids].to(device)
-        with model.capture_layers(layers) as captured:
-            outputs = model.base_model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False)
-        top_state = outputs.last_hidden_state.float()
+        _, states = model.exit_states([*layers, ORIGINAL], input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                      use_cache=False)
+        top_state = states[ORIGINAL].float()
         rows, cols, is_held = [], [], []
         for row, c in enumerate(ids):
             for p in picked[c].tolist():
@@ -157,7 +157,7 @@ def fit_cast_matrices(
         held_mask = torch.tensor(is_held)
         y = top_state[rows_t, cols_t]
         for layer in layers:
-            x = model.final_transform(captured[layer]).float()[rows_t, cols_t]
+            x = states[layer].float()[rows_t, cols_t]
             fit[layer].update(x[~held_mask], y[~held_mask])
             if held_mask.any():
                 held[layer].update(x[held_mask], y[held_mask])

@@ -41,7 +41,13 @@ from multiexit.stages.train_heads.objective import (
     kl_to_final,
     read_exit,
 )
-from multiexit.stages.train_heads.report import format_metrics_table, history_rows, plot_loss_history, write_history_csv
+from multiexit.stages.train_heads.report import (
+    draw_loss_history,
+    format_metrics_table,
+    history_rows,
+    plot_loss_history,
+    write_history_csv,
+)
 from multiexit.stages.train_heads.run import build_datasets, eval_readers, heldout_batches, load_tokenizer, run_head_training
 from multiexit.stages.train_heads.settings import (
     INITS,
@@ -58,7 +64,7 @@ from multiexit.stages.train_heads.settings import (
 __all__ = [
     "DataSettings", "EpochOrder", "Exit", "ExitObjective", "HeadTrainingConfig", "HeadTrainingSettings", "INITS",
     "ListDataset", "MIXED_PRECISION", "OBJECTIVES", "TrainingResult", "body_states",
-    "build_datasets", "config_digest", "eval_readers", "evaluate_exits", "evaluate_readers", "exit_logits",
+    "build_datasets", "config_digest", "draw_loss_history", "eval_readers", "evaluate_exits", "evaluate_readers", "exit_logits",
     "format_metrics_table", "heldout_batches", "history_rows", "init_exit_heads", "kl_to_final", "list_checkpoints",
     "load_tokenizer", "parse_exits", "plan_steps", "plot_loss_history", "prepare_model_for_training",
     "read_exit", "run_head_training", "save_trained_model", "train_exits", "train_settings", "trainable_parameters",

@@ -73,8 +73,11 @@ def fit_casts_for_init(model, chunks: torch.Tensor, layers: Sequence[int], confi
     below_top = [layer for layer in layers if layer < model.num_exit_layers]
     if not below_top:
         return {}
-    usable = chunks.shape[0] * (chunks.shape[1] - 1)  # fit_cast_matrices skips each chunk's first position
-    result = fit_cast_matrices(model, chunks, below_top, num_positions=min(config.cast_positions, usable),
+    # the first chunks that hold cast_positions positions (each chunk's first position is never used): the
+    # forward passes, not the solve, are the cost, so the fit reads no more text than it needs
+    per_chunk = chunks.shape[1] - 1
+    chunks = chunks[:math.ceil(config.cast_positions / per_chunk)]
+    result = fit_cast_matrices(model, chunks, below_top, num_positions=min(config.cast_positions, chunks.shape[0] * per_chunk),
                                heldout_positions=0, seed=config.seed, progress=False)
     return result.weights
 

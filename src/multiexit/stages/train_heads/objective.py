@@ -12,32 +12,26 @@ from multiexit.model.config import ORIGINAL, VocabularyProjectionMode
 from multiexit.stages.train_heads.settings import Exit
 
 
-def body_states(model, input_ids, attention_mask, layers: Sequence[int]) -> dict:
-    """One body pass: final-normed states of ``layers`` (key = layer) and the top state (key = 'top')."""
-    top = model.num_exit_layers
-    intermediate = sorted({int(l) for l in layers if l != ORIGINAL and int(l) < top})
-    with model.capture_layers(intermediate) as captured:
-        outputs = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    states = {layer: model.final_transform(captured[layer]) for layer in intermediate}
-    states["top"] = outputs.last_hidden_state
+def body_states(model, input_ids, attention_mask, exits: Sequence[Exit]) -> dict:
+    """One body pass (the model's :meth:`exit_states`): the final-normed state of each exit, and of 'original'."""
+    _, states = model.exit_states([*exits, ORIGINAL], input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return states
 
 
 def read_exit(model, states: dict, exit_: Exit, mode=VocabularyProjectionMode.LAYER_SPECIFIC_PROJECTION) -> torch.Tensor:
     """Logits of one exit from :func:`body_states` (``'original'`` = the model's own head on the top state)."""
     if exit_ == ORIGINAL:
-        return model.original_head_logits(states["top"])
-    state = states["top"] if exit_ == model.num_exit_layers else states[exit_]
-    return model.project_exit(exit_, state, mode)
+        return model.original_head_logits(states[ORIGINAL])
+    return model.project_exit(exit_, states[exit_], mode)
 
 
 def exit_logits(model, input_ids, attention_mask, exits: Sequence[Exit], mode=VocabularyProjectionMode.LAYER_SPECIFIC_PROJECTION,
                 with_final: bool = False) -> dict:
     """Vocabulary logits of each exit (and 'final' = the original head on the top layer) from one body pass."""
-    states = body_states(model, input_ids, attention_mask, [e for e in exits if e != ORIGINAL])
+    states = body_states(model, input_ids, attention_mask, exits)
     logits = {exit_: read_exit(model, states, exit_, mode) for exit_ in exits}
     if with_final:
-        logits["final"] = logits[ORIGINAL] if ORIGINAL in logits else model.original_head_logits(states["top"])
+        logits["final"] = logits[ORIGINAL] if ORIGINAL in logits else read_exit(model, states, ORIGINAL)
     return logits
 
 
@@ -63,9 +57,7 @@ class ExitObjective(nn.Module):
         losses = {}
         for exit_ in self.exits:
             if self.objective == "ce":
-                losses[exit_] = self.model.loss_function(
-                    logits=logits[exit_], labels=labels, vocab_size=self.model.config.get_text_config().vocab_size
-                )
+                losses[exit_] = self.model.exit_loss(logits[exit_], labels)
             else:
                 losses[exit_] = kl_to_final(logits[exit_], logits["final"], labels)
         total = torch.stack([losses[e] for e in self.exits]).sum()
@@ -83,7 +75,7 @@ def evaluate_readers(model, batches: Sequence[dict], readers: dict, desc: str | 
     model.eval()
     totals = {name: [0.0, 0, 0] for name in readers}
     device = next(model.parameters()).device
-    layers = [exit_ for exit_, _ in readers.values() if exit_ != ORIGINAL]
+    exits = [exit_ for exit_, _ in readers.values()]
     for batch in tqdm(batches, desc=desc or "evaluate", leave=False, disable=desc is None):
         input_ids = batch["input_ids"].to(device)
         labels = batch["labels"].to(device)
@@ -91,7 +83,7 @@ def evaluate_readers(model, batches: Sequence[dict], readers: dict, desc: str | 
         target = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1).reshape(-1)
         mask = target != -100
         count = int(mask.sum())
-        states = body_states(model, input_ids, batch["attention_mask"].to(device), layers)
+        states = body_states(model, input_ids, batch["attention_mask"].to(device), exits)
         for name, (exit_, mode) in readers.items():
             scores = read_exit(model, states, exit_, mode)
             scores = scores.reshape(-1, scores.shape[-1])

@@ -28,15 +28,13 @@ def write_history_csv(history: list[dict], path: str | Path) -> None:
     atomic_write_text(Path(path), buffer.getvalue())
 
 
-def plot_loss_history(history: list[dict], path: str | Path, title: str = "exit training loss", smooth: int = 0) -> None:
-    """PNG of each exit's training loss against the optimizer step."""
-    import matplotlib
+def draw_loss_history(ax, history: list[dict], title: str = "exit training loss", smooth: int = 0) -> None:
+    """Each exit's training loss against the optimizer step, on matplotlib axes ``ax``.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ``history`` is the loss history (``loss_history.json``: a list of ``{step, exit_losses}``);
+    ``smooth`` > 0 plots a moving average over that many steps. The pipeline's training-loss
+    figure draws each model's panel with this too.
+    """
     exits = list(history[0]["exit_losses"]) if history else []
     steps = [h["step"] for h in history]
     for exit_ in exits:
@@ -53,6 +51,18 @@ def plot_loss_history(history: list[dict], path: str | Path, title: str = "exit 
     if exits:
         ax.legend()
     ax.grid(alpha=0.3)
+
+
+def plot_loss_history(history: list[dict], path: str | Path, title: str = "exit training loss", smooth: int = 0) -> None:
+    """PNG of :func:`draw_loss_history`, written atomically to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    draw_loss_history(ax, history, title, smooth)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")

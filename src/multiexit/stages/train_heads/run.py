@@ -129,7 +129,7 @@ def run_head_training(
     log(f"model {model_source}: {model.num_exit_layers} layers; training exits {config.exits} "
         f"({sum(p.numel() for p in trainable_parameters(model).values()):,} trainable parameters); data {data_summary}")
 
-    fingerprint_extra = {"model": model_source, "data": data_summary}
+    fingerprint_extra = {"model": model_source, "data": data_summary, "data_settings": data.as_dict()}
     before_file = checkpoint_dir / "eval_before.json"
     before_key = config_digest(config.fingerprint(fingerprint_extra))
     cached = json.loads(before_file.read_text()) if before_file.is_file() else {}
@@ -149,6 +149,7 @@ def run_head_training(
         "exits": [str(e) for e in config.exits],
         "settings": {k: v for k, v in asdict(config).items() if k != "exits"},
         "data": data_summary,
+        "data_settings": data.as_dict(),
         "training": {"steps": result.steps, "tokens": result.tokens, "seconds_this_run": result.seconds,
                      "tokens_per_second_this_run": result.tokens_per_second, "resumed_from_step": result.resumed_from,
                      "num_processes": accelerator.num_processes},

@@ -105,7 +105,9 @@ class HeadTrainingSettings(Settings):
     epochs: int | None = setting(
         None, "passes over the training data (authors: 3); give at most one of epochs, max_steps, max_tokens "
         "(none given: one pass)", minimum=1)
-    max_steps: int | None = setting(None, "optimizer steps (instead of epochs)", minimum=1)
+    max_steps: int | None = setting(
+        None, "optimizer steps (instead of epochs); 0: no training, the heads stay as initialised (e.g. init=cast)",
+        minimum=0)
     max_tokens: int | None = setting(None, "budget of counted label tokens (instead of epochs)", minimum=1)
     batch_size: int = setting(16, "sequences per micro-batch per process (authors: 16)", minimum=1)
     grad_accum: int = setting(1, "micro-batches per optimizer step", minimum=1)
