@@ -289,3 +289,188 @@ def test_truncated_amateur_shares_the_tokenizer(expert_dir, tmp_path):
     assert torch.equal(amateur.model.layers[1].mlp.up_proj.weight, full.model.layers[1].mlp.up_proj.weight)
     with pytest.raises(ValueError, match="num_layers"):
         cd.truncate_model(expert_dir, 6, tmp_path / "too_many")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Independent rebuilds of the reference math (HF transformers 4.4x DoLa, Su et al.'s contrastive search, Li et al.'s
+# contrastive decoding): one sequence at a time, no KV cache, every step a full forward of a plain HF model.
+# The bug variants (``bug=...``) are the planted bugs of issue 13: each rebuild returns, next to its own token,
+# the token a buggy implementation would pick on the same prefix, so a test can show the bug changes a step.
+# ---------------------------------------------------------------------------------------------------------------
+
+import math
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM
+
+from multiexit.decoding import common
+from multiexit.decoding import contrastive_search as cs
+
+
+def plain_hf(folder):
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
+def ref_forward(model, seq):
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([seq]), output_hidden_states=True)
+    return out.logits[0, -1].float(), [h[0, -1] for h in out.hidden_states]
+
+
+def ref_penalise(scores, seen, penalty):
+    scores = scores.clone()
+    for t in set(seen):
+        scores[t] = scores[t] / penalty if scores[t] > 0 else scores[t] * penalty
+    return scores
+
+
+def ref_dola_decide(model, final_logits, hiddens, seq, layers, relative_top, penalty, norm_early, eos=None, ban_eos=False):
+    """One DoLa step as HF 4.4x computes it: returns (token, chosen layer)."""
+    final = torch.log_softmax(final_logits, -1)
+    head = model.get_output_embeddings()
+    best_layer, best_div, best_logp = None, None, None
+    for layer in layers:  # ascending: a strict '>' keeps the lower layer on ties
+        hidden = hiddens[layer]
+        if norm_early:
+            hidden = model.model.norm(hidden)
+        with torch.no_grad():
+            logp = torch.log_softmax(head(hidden).float(), -1)
+        mix = 0.5 * (final.exp() + logp.exp())
+        # F.kl_div(input=log q, target=M) = M * (log M - log q): KL(M || q), mean over the vocabulary
+        kl_final = torch.where(mix > 0, mix * (mix.log() - final), torch.zeros_like(mix)).sum() / mix.numel()
+        kl_layer = torch.where(mix > 0, mix * (mix.log() - logp), torch.zeros_like(mix)).sum() / mix.numel()
+        div = 0.5 * (kl_final + kl_layer)
+        if best_div is None or div > best_div:
+            best_layer, best_div, best_logp = layer, div, logp
+    scores = torch.full_like(final, float("-inf"))
+    keep = final >= final.max() + math.log(relative_top)
+    scores[keep] = final[keep] - best_logp[keep]
+    if penalty != 1.0:
+        scores = ref_penalise(scores, seq, penalty)
+    if ban_eos:
+        scores[eos] = float("-inf")
+    return int(scores.argmax()), best_layer
+
+
+def ref_dola(model, prompt, steps, layers, relative_top=0.1, penalty=1.2, final_norm=False, eos=None, min_new=0):
+    """Greedy DoLa for one prompt; returns tokens, chosen layers and, per planted bug, the steps it changes."""
+    seq, tokens, chosen = list(prompt), [], []
+    changed = {"no_penalty": [], "final_norm_inverted": []}
+    for step in range(steps):
+        final_logits, hiddens = ref_forward(model, seq)
+        args = (model, final_logits, hiddens, seq, layers, relative_top)
+        ban = eos is not None and step < min_new
+        token, layer = ref_dola_decide(*args, penalty, final_norm, eos, ban)
+        if ref_dola_decide(*args, 1.0, final_norm, eos, ban)[0] != token:
+            changed["no_penalty"].append(step)
+        if ref_dola_decide(*args, penalty, not final_norm, eos, ban)[0] != token:
+            changed["final_norm_inverted"].append(step)
+        tokens.append(token)
+        chosen.append(layer)
+        seq.append(token)
+        if token == eos:
+            break
+    return tokens, chosen, changed
+
+
+def news_prompts(tokenizer, count=4, length=32):
+    """The first ``count`` articles of gensim's Lee corpus, first ``length`` tokens (read here, not via multiexit)."""
+    import gensim
+
+    path = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return [tokenizer(line).input_ids[:length] for line in lines[:count]]
+
+
+def tiny_folder(tmp_path_factory, name, tied, layers=12, seed=7):
+    cfg = tiny_config("llama", layers=layers)
+    cfg.tie_word_embeddings = tied
+    torch.manual_seed(seed)
+    model = AutoMultiExitModel.from_config(cfg).eval()
+    with torch.no_grad():  # larger weights than the default init: sharper, more varied distributions
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.mul_(6.0)
+    return saved(model, tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def tiny_pair(request, tmp_path_factory):
+    folder = tiny_folder(tmp_path_factory, "tied" if request.param else "untied", request.param)
+    return request.param, AutoMultiExitModel.from_pretrained(folder).eval(), plain_hf(folder)
+
+
+def project_dola(model, rows, steps, params, eos=None, min_new=0):
+    ids, mask = left_pad(rows)
+    setting = parse_decoding("dola", params)
+    with torch.inference_mode():
+        out = dola.dola(model, ids, mask, steps, dict(setting.params), eos_token_id=eos, pad_token_id=PAD,
+                        min_new_tokens=min_new)
+    return out, dola.last_run_choices()
+
+
+def test_dola_buckets_as_hf():
+    # HF 4.4x: tied embeddings skip layer 0 (start 2; 1 for N = 2); N > 40 uses 20-layer windows
+    assert dola.candidate_layers("low", 30, tied_embeddings=True) == [2, 4, 6, 8, 10, 12, 14]  # SmolLM2-135M
+    assert dola.candidate_layers("high", 30, tied_embeddings=True) == [15, 17, 19, 21, 23, 25, 27, 29]
+    assert dola.candidate_layers("low", 24, tied_embeddings=True) == [2, 4, 6, 8, 10]  # gpt2-medium
+    assert dola.candidate_layers("high", 24, tied_embeddings=True) == [12, 14, 16, 18, 20, 22]
+    assert dola.candidate_layers("low", 12, tied_embeddings=True) == [2, 4]  # gpt-neo-125m
+    assert dola.candidate_layers("low", 32, tied_embeddings=False) == [0, 2, 4, 6, 8, 10, 12, 14]  # LLaMA-7B
+    assert dola.candidate_layers("low", 48, tied_embeddings=True) == [2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert dola.candidate_layers("low", 48, tied_embeddings=False) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert dola.candidate_layers("high", 48, tied_embeddings=True) == [28, 30, 32, 34, 36, 38, 40, 42, 44, 46]
+    assert dola.candidate_layers("low", 4, tied_embeddings=True) == [2]  # start == N // 2
+    assert dola.candidate_layers("low", 2, tied_embeddings=True) == [1]
+    with pytest.raises(ValueError, match="empty"):
+        dola.candidate_layers("low", 3, tied_embeddings=True)  # range(2, 1, 2)
+    assert dola.candidate_layers([0, 3], 6, tied_embeddings=True) == [0, 3]  # an explicit list is taken as given
+
+
+@pytest.mark.parametrize("bucket", ["low", "high", "all"])
+def test_dola_equals_rebuild_on_tiny_models(tiny_pair, bucket):
+    tied, model, reference = tiny_pair
+    layers = list(range(12)) if bucket == "all" else dola.model_candidate_layers(model, bucket)
+    assert (layers[0] == 2) == (tied and bucket == "low")
+    params = {"layers": layers if bucket == "all" else bucket}
+    rows = prompts((5, 9, 3), seed=11)
+    out, choices = project_dola(model, rows, 12, params)
+    for i, row in enumerate(rows):
+        tokens, chosen, _ = ref_dola(reference, row, 12, layers)
+        assert out[i].tolist() == tokens, (i, out[i].tolist(), tokens)
+        assert choices[i].tolist() == chosen, (i, choices[i].tolist(), chosen)
+    if bucket == "all":  # the choice is not stuck on one candidate
+        assert len(set(choices.flatten().tolist())) > 1
+
+
+@pytest.fixture(scope="module")
+def smollm2_pair(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    model = AutoMultiExitModel.from_pretrained(str(smollm2_dir), dtype=torch.float32).eval()
+    return model, plain_hf(smollm2_dir), news_prompts(tokenizer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bucket", ["low", "high"])
+def test_dola_equals_rebuild_on_smollm2(smollm2_pair, bucket):
+    model, reference, rows = smollm2_pair
+    steps = 20
+    layers = dola.model_candidate_layers(model, bucket)
+    assert layers[0] == (2 if bucket == "low" else 15)  # tied embeddings: layer 0 is skipped
+    batch, batch_choices = project_dola(model, rows, steps, {"layers": bucket})
+    changed = {"no_penalty": 0, "final_norm_inverted": 0}
+    for i, row in enumerate(rows):
+        single, single_choices = project_dola(model, [row], steps, {"layers": bucket})
+        assert torch.equal(batch[i], single[0]) and torch.equal(batch_choices[i], single_choices[0]), i
+        tokens, chosen, bugs = ref_dola(reference, row, steps, layers)
+        assert batch[i].tolist() == tokens, (i, batch[i].tolist(), tokens)
+        assert batch_choices[i].tolist() == chosen, (i, batch_choices[i].tolist(), chosen)
+        for name, where in bugs.items():
+            changed[name] += len(where)
+    # the planted bugs (issue 13) would change at least one step of these runs: skipping the repetition
+    # penalty, or reading early layers with the final norm
+    assert changed["no_penalty"] > 0 and changed["final_norm_inverted"] > 0, changed
+    # the divergence separates the candidates: more than one premature layer is chosen
+    assert len(set(batch_choices.flatten().tolist())) > 1
