@@ -166,8 +166,8 @@ def test_contrastive_decoding_identical_amateur_ties_resolve_to_expert_greedy(ex
 
 def test_dola_choice_independent_of_batch_neighbours(expert):
     target, *others = prompts((5, 9, 3, 7, 4), seed=5)
-    # with these candidates the target (alone) switches from layer 2 to 3 while its neighbours stay on 2,
-    # so a batch-averaged divergence would change the target's choices
+    # the target's choice varies over the steps (asserted below), so a batch-averaged divergence, which mixes in
+    # the neighbours' divergences, could change it
     params = {"layers": [2, 3, 4, 5], "repetition_penalty": 1.0}
     results = []
     for neighbours in ([], others[:2], others[2:], others):
@@ -324,27 +324,32 @@ def ref_penalise(scores, seen, penalty):
     return scores
 
 
-def ref_dola_decide(model, final_logits, hiddens, seq, layers, relative_top, penalty, norm_early, eos=None, ban_eos=False):
+def ref_layer_logprobs(model, hiddens, layers, norm_early):
+    """log_softmax(lm_head(h_l)) per candidate layer (HF: the bare head); ``norm_early``: the final norm first."""
+    head = model.get_output_embeddings()
+    result = {}
+    with torch.no_grad():
+        for layer in layers:
+            hidden = model.model.norm(hiddens[layer]) if norm_early else hiddens[layer]
+            result[layer] = torch.log_softmax(head(hidden).float(), -1)
+    return result
+
+
+def ref_dola_decide(final_logits, layer_logprobs, seq, relative_top, penalty, eos=None, ban_eos=False):
     """One DoLa step as HF 4.4x computes it: returns (token, chosen layer)."""
     final = torch.log_softmax(final_logits, -1)
-    head = model.get_output_embeddings()
-    best_layer, best_div, best_logp = None, None, None
-    for layer in layers:  # ascending: a strict '>' keeps the lower layer on ties
-        hidden = hiddens[layer]
-        if norm_early:
-            hidden = model.model.norm(hidden)
-        with torch.no_grad():
-            logp = torch.log_softmax(head(hidden).float(), -1)
+    best_layer, best_div = None, None
+    for layer, logp in layer_logprobs.items():  # ascending: a strict '>' keeps the lower layer on ties
         mix = 0.5 * (final.exp() + logp.exp())
         # F.kl_div(input=log q, target=M) = M * (log M - log q): KL(M || q), mean over the vocabulary
         kl_final = torch.where(mix > 0, mix * (mix.log() - final), torch.zeros_like(mix)).sum() / mix.numel()
         kl_layer = torch.where(mix > 0, mix * (mix.log() - logp), torch.zeros_like(mix)).sum() / mix.numel()
         div = 0.5 * (kl_final + kl_layer)
         if best_div is None or div > best_div:
-            best_layer, best_div, best_logp = layer, div, logp
+            best_layer, best_div = layer, div
     scores = torch.full_like(final, float("-inf"))
     keep = final >= final.max() + math.log(relative_top)
-    scores[keep] = final[keep] - best_logp[keep]
+    scores[keep] = final[keep] - layer_logprobs[best_layer][keep]
     if penalty != 1.0:
         scores = ref_penalise(scores, seq, penalty)
     if ban_eos:
@@ -358,12 +363,13 @@ def ref_dola(model, prompt, steps, layers, relative_top=0.1, penalty=1.2, final_
     changed = {"no_penalty": [], "final_norm_inverted": []}
     for step in range(steps):
         final_logits, hiddens = ref_forward(model, seq)
-        args = (model, final_logits, hiddens, seq, layers, relative_top)
+        right = ref_layer_logprobs(model, hiddens, sorted(layers), final_norm)
+        inverted = ref_layer_logprobs(model, hiddens, sorted(layers), not final_norm)
         ban = eos is not None and step < min_new
-        token, layer = ref_dola_decide(*args, penalty, final_norm, eos, ban)
-        if ref_dola_decide(*args, 1.0, final_norm, eos, ban)[0] != token:
+        token, layer = ref_dola_decide(final_logits, right, seq, relative_top, penalty, eos, ban)
+        if ref_dola_decide(final_logits, right, seq, relative_top, 1.0, eos, ban)[0] != token:
             changed["no_penalty"].append(step)
-        if ref_dola_decide(*args, penalty, not final_norm, eos, ban)[0] != token:
+        if ref_dola_decide(final_logits, inverted, seq, relative_top, penalty, eos, ban)[0] != token:
             changed["final_norm_inverted"].append(step)
         tokens.append(token)
         chosen.append(layer)
@@ -474,3 +480,175 @@ def test_dola_equals_rebuild_on_smollm2(smollm2_pair, bucket):
     assert changed["no_penalty"] > 0 and changed["final_norm_inverted"] > 0, changed
     # the divergence separates the candidates: more than one premature layer is chosen
     assert len(set(batch_choices.flatten().tolist())) > 1
+
+
+def ref_contrastive_search(model, prompt, steps, k, alpha, eos=None, min_new=0):
+    """Contrastive search for one prompt (Su et al. 2022); also the steps a prompt-only similarity context changes."""
+    seq, tokens, changed = list(prompt), [], []
+    for step in range(steps):
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([seq]), output_hidden_states=True)
+        logits = out.logits[0, -1].float()
+        if eos is not None and step < min_new:
+            logits[eos] = float("-inf")
+        top_p, top_v = torch.softmax(logits, -1).topk(k)
+        context = out.hidden_states[-1][0]  # final hidden state of every position so far (prompt + generated)
+        with torch.no_grad():
+            candidates = model(input_ids=torch.tensor([seq + [int(v)] for v in top_v]),
+                               output_hidden_states=True).hidden_states[-1][:, -1]
+
+        def pick(ctx):
+            cos = (candidates @ ctx.T) / (candidates.norm(dim=-1)[:, None] * ctx.norm(dim=-1)[None, :])
+            score = (1 - alpha) * top_p - alpha * cos.max(dim=-1).values
+            return int(top_v[int(score.argmax())])
+
+        token = pick(context)
+        if pick(context[: len(prompt)]) != token:
+            changed.append(step)
+        tokens.append(token)
+        seq.append(token)
+        if token == eos:
+            break
+    return tokens, changed
+
+
+def ref_contrastive_decoding(expert, amateur, prompt, steps, alpha, temperature, context="last_token", eos=None, min_new=0):
+    """Greedy CD for one prompt (Li et al. 2023); also the steps that ignoring the temperature / the context change."""
+    seq, tokens = list(prompt), []
+    changed = {"temperature_ignored": [], "context_ignored": []}
+
+    def last_logits(model, ids):
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+
+    other_context = "full" if context == "last_token" else "last_token"
+    for step in range(steps):
+        expert_lp = torch.log_softmax(last_logits(expert, seq), -1)
+        amateur_logits = {"full": last_logits(amateur, seq), "last_token": last_logits(amateur, seq[len(prompt) - 1:])}
+
+        def pick(amateur_context, temp):
+            amateur_lp = torch.log_softmax(amateur_logits[amateur_context] / temp, -1)
+            plausible = expert_lp >= expert_lp.max() + math.log(alpha)
+            score = torch.where(plausible, expert_lp - amateur_lp, torch.tensor(float("-inf")))
+            if eos is not None and step < min_new:
+                score[eos] = float("-inf")
+            tied = (score == score.max()).nonzero().flatten().tolist()  # ascending ids
+            return max(tied, key=lambda t: (float(expert_lp[t]), -t))
+
+        token = pick(context, temperature)
+        if pick(context, 1.0) != token:
+            changed["temperature_ignored"].append(step)
+        if pick(other_context, temperature) != token:
+            changed["context_ignored"].append(step)
+        tokens.append(token)
+        seq.append(token)
+        if token == eos:
+            break
+    return tokens, changed
+
+
+@pytest.fixture(scope="module")
+def smollm2_amateur_dir(smollm2_dir, tmp_path_factory):
+    return str(cd.truncate_model(str(smollm2_dir), 6, tmp_path_factory.mktemp("smollm2_first6")))
+
+
+@pytest.mark.slow
+def test_contrastive_search_equals_rebuild_on_smollm2(smollm2_pair):
+    model, reference, rows = smollm2_pair
+    rows, steps = rows[:2], 12
+    ids, mask = left_pad(rows)
+    out = generate(model, parse_decoding("contrastive_search", {"top_k": 5, "penalty_alpha": 0.6}), ids, mask, steps,
+                   eos_token_id=None, pad_token_id=PAD)
+    changed = 0
+    for i, row in enumerate(rows):
+        tokens, where = ref_contrastive_search(reference, row, steps, 5, 0.6)
+        assert out[i].tolist() == tokens, (i, out[i].tolist(), tokens)
+        changed += len(where)
+    # planted bug: a similarity context that never receives the generated tokens would change a step
+    assert changed > 0
+
+
+@pytest.mark.slow
+def test_contrastive_decoding_equals_rebuild_on_smollm2(smollm2_pair, smollm2_amateur_dir):
+    model, reference, rows = smollm2_pair
+    amateur = plain_hf(smollm2_amateur_dir)
+    rows, steps = rows[:2], 12
+    ids, mask = left_pad(rows)
+    for context in ("last_token", "full"):
+        params = {"amateur": smollm2_amateur_dir, "alpha": 0.1, "amateur_temperature": 0.5, "amateur_context": context}
+        out = generate(model, parse_decoding("contrastive_decoding", params), ids, mask, steps, eos_token_id=None,
+                       pad_token_id=PAD)
+        changed = {"temperature_ignored": 0, "context_ignored": 0}
+        for i, row in enumerate(rows):
+            tokens, where = ref_contrastive_decoding(reference, amateur, row, steps, 0.1, 0.5, context)
+            assert out[i].tolist() == tokens, (context, i, out[i].tolist(), tokens)
+            for name in changed:
+                changed[name] += len(where[name])
+        # planted bugs: ignoring amateur_temperature, or ignoring amateur_context, would change a step
+        assert changed["temperature_ignored"] > 0 and changed["context_ignored"] > 0, (context, changed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# min_new_tokens: EOS is suppressed until that many tokens exist (the CD protocol generates exactly the requested
+# number); each loop against its rebuild on the tiny expert, with an EOS the free run produces at step 1.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def expert_reference(expert_dir):
+    return plain_hf(expert_dir)
+
+
+def run_min_new(model, method, params, rows, eos, min_new):
+    ids, mask = left_pad(rows)
+    setting = parse_decoding(method, params)
+    function = {"dola": dola.dola, "contrastive_search": cs.contrastive_search,
+                "contrastive_decoding": cd.contrastive_decoding}[method]
+    with torch.inference_mode():
+        return function(model, ids, mask, NEW, dict(setting.params), eos_token_id=eos, pad_token_id=PAD,
+                        min_new_tokens=min_new)
+
+
+MIN_NEW_CASES = [
+    ("dola", {"layers": [1, 2, 3, 4, 5]}),
+    ("contrastive_search", {"top_k": 4, "penalty_alpha": 0.6}),
+    ("contrastive_decoding", {"alpha": 0.1, "amateur_temperature": 0.5}),
+]
+
+
+@pytest.mark.parametrize("method,params", MIN_NEW_CASES, ids=[c[0] for c in MIN_NEW_CASES])
+def test_min_new_tokens(expert, expert_reference, amateur_dir, method, params):
+    if method == "contrastive_decoding":
+        params = {**params, "amateur": amateur_dir}
+    rows = prompts((5, 8), seed=3)
+    free = run_min_new(expert, method, params, rows, None, 0)
+    eos = int(free[0, 1])
+    stopped = run_min_new(expert, method, params, rows, eos, 0)
+    assert stopped[0, 1] == eos and (stopped.shape[1] < NEW or bool((stopped[0, 2:] == PAD).all()))
+    for min_new in (4, NEW):
+        out = run_min_new(expert, method, params, rows, eos, min_new)
+        assert out.shape[1] >= min_new and not bool((out[:, :min_new] == eos).any())
+        for i, row in enumerate(rows):
+            if method == "dola":
+                expected = ref_dola(expert_reference, row, NEW, params["layers"], eos=eos, min_new=min_new)[0]
+            elif method == "contrastive_search":
+                expected = ref_contrastive_search(expert_reference, row, NEW, 4, 0.6, eos=eos, min_new=min_new)[0]
+            else:
+                expected = ref_contrastive_decoding(expert_reference, plain_hf(amateur_dir), row, NEW, 0.1, 0.5,
+                                                    eos=eos, min_new=min_new)[0]
+            assert padded(out[i, : len(expected)], len(expected)).tolist() == expected, (min_new, i)
+            assert bool((out[i, len(expected):] == PAD).all())
+    beams = None
+    if method == "contrastive_decoding":  # beam search: no beam may end before min_new tokens
+        beams = run_min_new(expert, method, {**params, "num_beams": 3}, rows, eos, NEW)
+        assert beams.shape == (2, NEW) and not bool((beams == eos).any())
+
+
+def test_suppress_eos_rescues_a_row_whose_only_candidate_is_eos():
+    scores = torch.tensor([[float("-inf"), 1.0, float("-inf"), -2.0], [float("-inf"), float("-inf"), 0.5, float("-inf")]])
+    model_logprobs = torch.tensor([[-3.0, -1.0, -0.5, -2.0], [-2.0, -0.7, -0.1, -5.0]])
+    out = common.suppress_eos(scores, torch.tensor([2]), fallback=model_logprobs)
+    assert out[0].tolist() == [float("-inf"), 1.0, float("-inf"), -2.0]  # EOS was not a candidate: unchanged
+    # row 1 had only EOS: the model's most probable other token (id 1) is the only candidate
+    assert out[1].tolist() == [float("-inf"), 0.0, float("-inf"), float("-inf")]
+    assert torch.equal(common.suppress_eos(scores, None), scores)
