@@ -7,7 +7,9 @@ generation runs. Methods (all through ``multiexit.stages.generate.run_generation
 
 * greedy (reference point)
 * contrastive_search: top_k=5, penalty_alpha=0.6
-* dola low / dola high: relative_top=0.1, repetition_penalty=1.2, no final norm on early layers
+* dola low / dola high: relative_top=0.1, repetition_penalty=1.2, early layers through the bare head (as HF 4.4x),
+  HF's buckets (SmolLM2 has tied embeddings: low = 2..14, high = 15..29); premature-layer counts of a
+  batch: benchmarks/dola_layers.py
 * contrastive_decoding: amateur = the FIRST ``--amateur-layers`` (6) BLOCKS OF SMOLLM2 ITSELF (plus its
   embeddings, final norm and tied head) saved as a separate model folder, so it shares the tokenizer by
   construction; alpha=0.1, amateur_temperature=0.5, amateur_context=last_token, greedy (num_beams=1)

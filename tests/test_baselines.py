@@ -166,8 +166,8 @@ def test_contrastive_decoding_identical_amateur_ties_resolve_to_expert_greedy(ex
 
 def test_dola_choice_independent_of_batch_neighbours(expert):
     target, *others = prompts((5, 9, 3, 7, 4), seed=5)
-    # with these candidates the target (alone) switches from layer 2 to 3 while its neighbours stay on 2,
-    # so a batch-averaged divergence would change the target's choices
+    # the target's choice varies over the steps (asserted below), so a batch-averaged divergence, which mixes in
+    # the neighbours' divergences, could change it
     params = {"layers": [2, 3, 4, 5], "repetition_penalty": 1.0}
     results = []
     for neighbours in ([], others[:2], others[2:], others):
@@ -289,3 +289,368 @@ def test_truncated_amateur_shares_the_tokenizer(expert_dir, tmp_path):
     assert torch.equal(amateur.model.layers[1].mlp.up_proj.weight, full.model.layers[1].mlp.up_proj.weight)
     with pytest.raises(ValueError, match="num_layers"):
         cd.truncate_model(expert_dir, 6, tmp_path / "too_many")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Independent rebuilds of the reference math (HF transformers 4.4x DoLa, Su et al.'s contrastive search, Li et al.'s
+# contrastive decoding): one sequence at a time, no KV cache, every step a full forward of a plain HF model.
+# The bug variants (``bug=...``) are the planted bugs of issue 13: each rebuild returns, next to its own token,
+# the token a buggy implementation would pick on the same prefix, so a test can show the bug changes a step.
+# ---------------------------------------------------------------------------------------------------------------
+
+import math
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM
+
+from multiexit.decoding import common
+from multiexit.decoding import contrastive_search as cs
+
+
+def plain_hf(folder):
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
+def ref_forward(model, seq):
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([seq]), output_hidden_states=True)
+    return out.logits[0, -1].float(), [h[0, -1] for h in out.hidden_states]
+
+
+def ref_penalise(scores, seen, penalty):
+    scores = scores.clone()
+    for t in set(seen):
+        scores[t] = scores[t] / penalty if scores[t] > 0 else scores[t] * penalty
+    return scores
+
+
+def ref_layer_logprobs(model, hiddens, layers, norm_early):
+    """log_softmax(lm_head(h_l)) per candidate layer (HF: the bare head); ``norm_early``: the final norm first."""
+    head = model.get_output_embeddings()
+    result = {}
+    with torch.no_grad():
+        for layer in layers:
+            hidden = model.model.norm(hiddens[layer]) if norm_early else hiddens[layer]
+            result[layer] = torch.log_softmax(head(hidden).float(), -1)
+    return result
+
+
+def ref_dola_decide(final_logits, layer_logprobs, seq, relative_top, penalty, eos=None, ban_eos=False):
+    """One DoLa step as HF 4.4x computes it: returns (token, chosen layer)."""
+    final = torch.log_softmax(final_logits, -1)
+    best_layer, best_div = None, None
+    for layer, logp in layer_logprobs.items():  # ascending: a strict '>' keeps the lower layer on ties
+        mix = 0.5 * (final.exp() + logp.exp())
+        # F.kl_div(input=log q, target=M) = M * (log M - log q): KL(M || q), mean over the vocabulary
+        kl_final = torch.where(mix > 0, mix * (mix.log() - final), torch.zeros_like(mix)).sum() / mix.numel()
+        kl_layer = torch.where(mix > 0, mix * (mix.log() - logp), torch.zeros_like(mix)).sum() / mix.numel()
+        div = 0.5 * (kl_final + kl_layer)
+        if best_div is None or div > best_div:
+            best_layer, best_div = layer, div
+    scores = torch.full_like(final, float("-inf"))
+    keep = final >= final.max() + math.log(relative_top)
+    scores[keep] = final[keep] - layer_logprobs[best_layer][keep]
+    if penalty != 1.0:
+        scores = ref_penalise(scores, seq, penalty)
+    if ban_eos:
+        scores[eos] = float("-inf")
+    return int(scores.argmax()), best_layer
+
+
+def ref_dola(model, prompt, steps, layers, relative_top=0.1, penalty=1.2, final_norm=False, eos=None, min_new=0):
+    """Greedy DoLa for one prompt; returns tokens, chosen layers and, per planted bug, the steps it changes."""
+    seq, tokens, chosen = list(prompt), [], []
+    changed = {"no_penalty": [], "final_norm_inverted": []}
+    for step in range(steps):
+        final_logits, hiddens = ref_forward(model, seq)
+        right = ref_layer_logprobs(model, hiddens, sorted(layers), final_norm)
+        inverted = ref_layer_logprobs(model, hiddens, sorted(layers), not final_norm)
+        ban = eos is not None and step < min_new
+        token, layer = ref_dola_decide(final_logits, right, seq, relative_top, penalty, eos, ban)
+        if ref_dola_decide(final_logits, right, seq, relative_top, 1.0, eos, ban)[0] != token:
+            changed["no_penalty"].append(step)
+        if ref_dola_decide(final_logits, inverted, seq, relative_top, penalty, eos, ban)[0] != token:
+            changed["final_norm_inverted"].append(step)
+        tokens.append(token)
+        chosen.append(layer)
+        seq.append(token)
+        if token == eos:
+            break
+    return tokens, chosen, changed
+
+
+def news_prompts(tokenizer, count=4, length=32):
+    """The first ``count`` articles of gensim's Lee corpus, first ``length`` tokens (read here, not via multiexit)."""
+    import gensim
+
+    path = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return [tokenizer(line).input_ids[:length] for line in lines[:count]]
+
+
+def tiny_folder(tmp_path_factory, name, tied, layers=12, seed=7):
+    cfg = tiny_config("llama", layers=layers)
+    cfg.tie_word_embeddings = tied
+    torch.manual_seed(seed)
+    model = AutoMultiExitModel.from_config(cfg).eval()
+    with torch.no_grad():  # larger weights than the default init: sharper, more varied distributions
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.mul_(6.0)
+    return saved(model, tmp_path_factory.mktemp(name))
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def tiny_pair(request, tmp_path_factory):
+    folder = tiny_folder(tmp_path_factory, "tied" if request.param else "untied", request.param)
+    return request.param, AutoMultiExitModel.from_pretrained(folder).eval(), plain_hf(folder)
+
+
+def project_dola(model, rows, steps, params, eos=None, min_new=0):
+    ids, mask = left_pad(rows)
+    setting = parse_decoding("dola", params)
+    with torch.inference_mode():
+        out = dola.dola(model, ids, mask, steps, dict(setting.params), eos_token_id=eos, pad_token_id=PAD,
+                        min_new_tokens=min_new)
+    return out, dola.last_run_choices()
+
+
+def test_dola_buckets_as_hf():
+    # HF 4.4x: tied embeddings skip layer 0 (start 2; 1 for N = 2); N > 40 uses 20-layer windows
+    assert dola.candidate_layers("low", 30, tied_embeddings=True) == [2, 4, 6, 8, 10, 12, 14]  # SmolLM2-135M
+    assert dola.candidate_layers("high", 30, tied_embeddings=True) == [15, 17, 19, 21, 23, 25, 27, 29]
+    assert dola.candidate_layers("low", 24, tied_embeddings=True) == [2, 4, 6, 8, 10]  # gpt2-medium
+    assert dola.candidate_layers("high", 24, tied_embeddings=True) == [12, 14, 16, 18, 20, 22]
+    assert dola.candidate_layers("low", 12, tied_embeddings=True) == [2, 4]  # gpt-neo-125m
+    assert dola.candidate_layers("low", 32, tied_embeddings=False) == [0, 2, 4, 6, 8, 10, 12, 14]  # LLaMA-7B
+    assert dola.candidate_layers("low", 48, tied_embeddings=True) == [2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert dola.candidate_layers("low", 48, tied_embeddings=False) == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert dola.candidate_layers("high", 48, tied_embeddings=True) == [28, 30, 32, 34, 36, 38, 40, 42, 44, 46]
+    assert dola.candidate_layers("low", 4, tied_embeddings=True) == [2]  # start == N // 2
+    assert dola.candidate_layers("low", 2, tied_embeddings=True) == [1]
+    with pytest.raises(ValueError, match="empty"):
+        dola.candidate_layers("low", 3, tied_embeddings=True)  # range(2, 1, 2)
+    assert dola.candidate_layers([0, 3], 6, tied_embeddings=True) == [0, 3]  # an explicit list is taken as given
+
+
+@pytest.mark.parametrize("bucket", ["low", "high", "all"])
+def test_dola_equals_rebuild_on_tiny_models(tiny_pair, bucket):
+    tied, model, reference = tiny_pair
+    layers = list(range(12)) if bucket == "all" else dola.model_candidate_layers(model, bucket)
+    assert (layers[0] == 2) == (tied and bucket == "low")
+    params = {"layers": layers if bucket == "all" else bucket}
+    rows = prompts((5, 9, 3), seed=11)
+    out, choices = project_dola(model, rows, 12, params)
+    for i, row in enumerate(rows):
+        tokens, chosen, _ = ref_dola(reference, row, 12, layers)
+        assert out[i].tolist() == tokens, (i, out[i].tolist(), tokens)
+        assert choices[i].tolist() == chosen, (i, choices[i].tolist(), chosen)
+    if bucket == "all":  # the choice is not stuck on one candidate
+        assert len(set(choices.flatten().tolist())) > 1
+
+
+@pytest.fixture(scope="module")
+def smollm2_pair(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    model = AutoMultiExitModel.from_pretrained(str(smollm2_dir), dtype=torch.float32).eval()
+    return model, plain_hf(smollm2_dir), news_prompts(tokenizer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bucket", ["low", "high"])
+def test_dola_equals_rebuild_on_smollm2(smollm2_pair, bucket):
+    model, reference, rows = smollm2_pair
+    steps = 20
+    layers = dola.model_candidate_layers(model, bucket)
+    assert layers[0] == (2 if bucket == "low" else 15)  # tied embeddings: layer 0 is skipped
+    batch, batch_choices = project_dola(model, rows, steps, {"layers": bucket})
+    changed = {"no_penalty": 0, "final_norm_inverted": 0}
+    for i, row in enumerate(rows):
+        single, single_choices = project_dola(model, [row], steps, {"layers": bucket})
+        assert torch.equal(batch[i], single[0]) and torch.equal(batch_choices[i], single_choices[0]), i
+        tokens, chosen, bugs = ref_dola(reference, row, steps, layers)
+        assert batch[i].tolist() == tokens, (i, batch[i].tolist(), tokens)
+        assert batch_choices[i].tolist() == chosen, (i, batch_choices[i].tolist(), chosen)
+        for name, where in bugs.items():
+            changed[name] += len(where)
+    # the planted bugs (issue 13) would change at least one step of these runs: skipping the repetition
+    # penalty, or reading early layers with the final norm
+    assert changed["no_penalty"] > 0 and changed["final_norm_inverted"] > 0, changed
+    # the divergence separates the candidates: more than one premature layer is chosen
+    assert len(set(batch_choices.flatten().tolist())) > 1
+
+
+def ref_contrastive_search(model, prompt, steps, k, alpha, eos=None, min_new=0):
+    """Contrastive search for one prompt (Su et al. 2022); also the steps a prompt-only similarity context changes."""
+    seq, tokens, changed = list(prompt), [], []
+    for step in range(steps):
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([seq]), output_hidden_states=True)
+        logits = out.logits[0, -1].float()
+        if eos is not None and step < min_new:
+            logits[eos] = float("-inf")
+        top_p, top_v = torch.softmax(logits, -1).topk(k)
+        context = out.hidden_states[-1][0]  # final hidden state of every position so far (prompt + generated)
+        with torch.no_grad():
+            candidates = model(input_ids=torch.tensor([seq + [int(v)] for v in top_v]),
+                               output_hidden_states=True).hidden_states[-1][:, -1]
+
+        def pick(ctx):
+            cos = (candidates @ ctx.T) / (candidates.norm(dim=-1)[:, None] * ctx.norm(dim=-1)[None, :])
+            score = (1 - alpha) * top_p - alpha * cos.max(dim=-1).values
+            return int(top_v[int(score.argmax())])
+
+        token = pick(context)
+        if pick(context[: len(prompt)]) != token:
+            changed.append(step)
+        tokens.append(token)
+        seq.append(token)
+        if token == eos:
+            break
+    return tokens, changed
+
+
+def ref_contrastive_decoding(expert, amateur, prompt, steps, alpha, temperature, context="last_token", eos=None, min_new=0):
+    """Greedy CD for one prompt (Li et al. 2023); also the steps that ignoring the temperature / the context change."""
+    seq, tokens = list(prompt), []
+    changed = {"temperature_ignored": [], "context_ignored": []}
+
+    def last_logits(model, ids):
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+
+    other_context = "full" if context == "last_token" else "last_token"
+    for step in range(steps):
+        expert_lp = torch.log_softmax(last_logits(expert, seq), -1)
+        amateur_logits = {"full": last_logits(amateur, seq), "last_token": last_logits(amateur, seq[len(prompt) - 1:])}
+
+        def pick(amateur_context, temp):
+            amateur_lp = torch.log_softmax(amateur_logits[amateur_context] / temp, -1)
+            plausible = expert_lp >= expert_lp.max() + math.log(alpha)
+            score = torch.where(plausible, expert_lp - amateur_lp, torch.tensor(float("-inf")))
+            if eos is not None and step < min_new:
+                score[eos] = float("-inf")
+            tied = (score == score.max()).nonzero().flatten().tolist()  # ascending ids
+            return max(tied, key=lambda t: (float(expert_lp[t]), -t))
+
+        token = pick(context, temperature)
+        if pick(context, 1.0) != token:
+            changed["temperature_ignored"].append(step)
+        if pick(other_context, temperature) != token:
+            changed["context_ignored"].append(step)
+        tokens.append(token)
+        seq.append(token)
+        if token == eos:
+            break
+    return tokens, changed
+
+
+@pytest.fixture(scope="module")
+def smollm2_amateur_dir(smollm2_dir, tmp_path_factory):
+    return str(cd.truncate_model(str(smollm2_dir), 6, tmp_path_factory.mktemp("smollm2_first6")))
+
+
+@pytest.mark.slow
+def test_contrastive_search_equals_rebuild_on_smollm2(smollm2_pair):
+    model, reference, rows = smollm2_pair
+    rows, steps = rows[:2], 12
+    ids, mask = left_pad(rows)
+    out = generate(model, parse_decoding("contrastive_search", {"top_k": 5, "penalty_alpha": 0.6}), ids, mask, steps,
+                   eos_token_id=None, pad_token_id=PAD)
+    changed = 0
+    for i, row in enumerate(rows):
+        tokens, where = ref_contrastive_search(reference, row, steps, 5, 0.6)
+        assert out[i].tolist() == tokens, (i, out[i].tolist(), tokens)
+        changed += len(where)
+    # planted bug: a similarity context that never receives the generated tokens would change a step
+    assert changed > 0
+
+
+@pytest.mark.slow
+def test_contrastive_decoding_equals_rebuild_on_smollm2(smollm2_pair, smollm2_amateur_dir):
+    model, reference, rows = smollm2_pair
+    amateur = plain_hf(smollm2_amateur_dir)
+    rows, steps = rows[:2], 12
+    ids, mask = left_pad(rows)
+    for context in ("last_token", "full"):
+        params = {"amateur": smollm2_amateur_dir, "alpha": 0.1, "amateur_temperature": 0.5, "amateur_context": context}
+        out = generate(model, parse_decoding("contrastive_decoding", params), ids, mask, steps, eos_token_id=None,
+                       pad_token_id=PAD)
+        changed = {"temperature_ignored": 0, "context_ignored": 0}
+        for i, row in enumerate(rows):
+            tokens, where = ref_contrastive_decoding(reference, amateur, row, steps, 0.1, 0.5, context)
+            assert out[i].tolist() == tokens, (context, i, out[i].tolist(), tokens)
+            for name in changed:
+                changed[name] += len(where[name])
+        # planted bugs: ignoring amateur_temperature, or ignoring amateur_context, would change a step
+        assert changed["temperature_ignored"] > 0 and changed["context_ignored"] > 0, (context, changed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# min_new_tokens: EOS is suppressed until that many tokens exist (the CD protocol generates exactly the requested
+# number); each loop against its rebuild on the tiny expert, with an EOS the free run produces at step 1.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def expert_reference(expert_dir):
+    return plain_hf(expert_dir)
+
+
+def run_min_new(model, method, params, rows, eos, min_new):
+    ids, mask = left_pad(rows)
+    setting = parse_decoding(method, params)
+    function = {"dola": dola.dola, "contrastive_search": cs.contrastive_search,
+                "contrastive_decoding": cd.contrastive_decoding}[method]
+    with torch.inference_mode():
+        return function(model, ids, mask, NEW, dict(setting.params), eos_token_id=eos, pad_token_id=PAD,
+                        min_new_tokens=min_new)
+
+
+MIN_NEW_CASES = [
+    ("dola", {"layers": [1, 2, 3, 4, 5]}),
+    ("contrastive_search", {"top_k": 4, "penalty_alpha": 0.6}),
+    ("contrastive_decoding", {"alpha": 0.1, "amateur_temperature": 0.5}),
+]
+
+
+@pytest.mark.parametrize("method,params", MIN_NEW_CASES, ids=[c[0] for c in MIN_NEW_CASES])
+def test_min_new_tokens(expert, expert_reference, amateur_dir, method, params):
+    if method == "contrastive_decoding":
+        params = {**params, "amateur": amateur_dir}
+    rows = prompts((5, 8), seed=3)
+    free = run_min_new(expert, method, params, rows, None, 0)
+    first = free[0].tolist()
+    at = next(j for j in range(1, NEW) if first[j] not in first[:j])  # the free run's first new token after step 0
+    eos = first[at]
+    stopped = run_min_new(expert, method, params, rows, eos, 0)
+    assert stopped[0, at] == eos and (stopped.shape[1] == at + 1 or bool((stopped[0, at + 1:] == PAD).all()))
+    for min_new in (at + 2, NEW):
+        out = run_min_new(expert, method, params, rows, eos, min_new)
+        assert out.shape[1] >= min_new and not bool((out[:, :min_new] == eos).any())
+        for i, row in enumerate(rows):
+            if method == "dola":
+                expected = ref_dola(expert_reference, row, NEW, params["layers"], eos=eos, min_new=min_new)[0]
+            elif method == "contrastive_search":
+                expected = ref_contrastive_search(expert_reference, row, NEW, 4, 0.6, eos=eos, min_new=min_new)[0]
+            else:
+                expected = ref_contrastive_decoding(expert_reference, plain_hf(amateur_dir), row, NEW, 0.1, 0.5,
+                                                    eos=eos, min_new=min_new)[0]
+            assert padded(out[i, : len(expected)], len(expected)).tolist() == expected, (min_new, i)
+            assert bool((out[i, len(expected):] == PAD).all())
+    beams = None
+    if method == "contrastive_decoding":  # beam search: no beam may end before min_new tokens
+        beams = run_min_new(expert, method, {**params, "num_beams": 3}, rows, eos, NEW)
+        assert beams.shape == (2, NEW) and not bool((beams == eos).any())
+
+
+def test_suppress_eos_rescues_a_row_whose_only_candidate_is_eos():
+    scores = torch.tensor([[float("-inf"), 1.0, float("-inf"), -2.0], [float("-inf"), float("-inf"), 0.5, float("-inf")]])
+    model_logprobs = torch.tensor([[-3.0, -1.0, -0.5, -2.0], [-2.0, -0.7, -0.1, -5.0]])
+    out = common.suppress_eos(scores, torch.tensor([2]), fallback=model_logprobs)
+    assert out[0].tolist() == [float("-inf"), 1.0, float("-inf"), -2.0]  # EOS was not a candidate: unchanged
+    # row 1 had only EOS: the model's most probable other token (id 1) is the only candidate
+    assert out[1].tolist() == [float("-inf"), 0.0, float("-inf"), float("-inf")]
+    assert torch.equal(common.suppress_eos(scores, None), scores)

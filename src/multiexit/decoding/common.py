@@ -6,6 +6,7 @@ and DoLa out of its core), so the loops share one small state object:
 * the prompt batch is left-padded; position ids count only real tokens, so a prompt gets the
   same positions whatever its batch neighbours are;
 * the KV cache is a ``DynamicCache`` passed as ``cache=`` (the transformers 5 name);
+* ``min_new_tokens``: EOS scores are -inf until that many tokens have been generated (:func:`suppress_eos`);
 * rows can be repeated (contrastive search, beam search) and selected again, which keeps the
   cache, the attention mask and the positions in step.
 """
@@ -134,7 +135,8 @@ def pad_value(pad_token_id, eos: torch.Tensor | None) -> int:
     return 0
 
 
-def check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int) -> None:
+def check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int,
+                 min_new_tokens: int = 0) -> None:
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must have shape (batch, prompt_length>0), got {tuple(input_ids.shape)}")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
@@ -143,6 +145,30 @@ def check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, m
         raise ValueError("inputs must be left-padded: the last position of every row must be a real token")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int) or min_new_tokens < 0:
+        raise ValueError(f"min_new_tokens must be an integer >= 0, got {min_new_tokens!r}")
+
+
+def suppress_eos(scores: torch.Tensor, eos: torch.Tensor | None, fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """``scores`` (rows, V) with -inf at the EOS id(s), as HF's MinNewTokensLengthLogitsProcessor; used while
+    fewer than ``min_new_tokens`` tokens have been generated.
+
+    A contrastive score can be finite only at EOS (DoLa's relative-top set or CD's plausible set may hold
+    EOS alone); HF's argmax would then return token 0. Instead, when ``fallback`` (rows, V) is given, such
+    a row gets score 0 at the non-EOS token with the largest ``fallback`` (the model's own log-probs):
+    our choice.
+    """
+    if eos is None:
+        return scores
+    eos = eos[eos < scores.shape[-1]]
+    scores = scores.index_fill(-1, eos, float("-inf"))
+    if fallback is not None:
+        empty = ~torch.isfinite(scores).any(dim=-1)
+        if bool(empty.any()):
+            best = fallback.index_fill(-1, eos, float("-inf")).argmax(dim=-1)
+            rescue = torch.full_like(scores, float("-inf")).scatter(-1, best[:, None], 0.0)
+            scores = torch.where(empty[:, None], rescue, scores)
+    return scores
 
 
 def presence_mask(token_ids: torch.Tensor, valid: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -11,7 +11,9 @@ code) conditions the amateur only on the last prompt token (then on the generate
 keeps its score and is extended with padding. Ties between equal scores (for example, every
 plausible token when the amateur equals the expert at temperature 1) go to the token the expert
 finds more probable, then to the lower token id, so an amateur identical to the expert gives
-exactly the expert's greedy output.
+exactly the expert's greedy output. ``min_new_tokens`` (the CD protocol generates exactly the
+requested number of tokens) gives EOS a score of -inf until that many tokens exist (a row whose
+plausible set is EOS alone then takes the expert's most probable other token, score 0).
 
 The amateur is a model source (``package:<name>``, a local folder, a Hub name) loaded once per
 process with :class:`multiexit.AutoMultiExitModel` onto the expert's device and dtype. It must
@@ -30,7 +32,16 @@ import torch
 from multiexit.io import atomic_directory
 from multiexit.decoding.registry import DecodingMethod, all_checks, check_range, register_method
 from multiexit.inputs.models import PACKAGE_PREFIX, PACKAGED_MODELS, resolve_model_source
-from multiexit.decoding.common import CachedBatch, check_inputs, eos_ids, is_eos, original_head, pad_value, stack_new_tokens
+from multiexit.decoding.common import (
+    CachedBatch,
+    check_inputs,
+    eos_ids,
+    is_eos,
+    original_head,
+    pad_value,
+    stack_new_tokens,
+    suppress_eos,
+)
 
 DEFAULTS = {"alpha": 0.1, "amateur_temperature": 0.5, "amateur_context": "last_token", "num_beams": 1}
 AMATEUR_CONTEXTS = ("full", "last_token")
@@ -132,9 +143,7 @@ def _amateur_inputs(input_ids, attention_mask, context: str):
 
 def contrastive_decoding(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id,
                          min_new_tokens=0):
-    if min_new_tokens:
-        raise NotImplementedError("contrastive_decoding: min_new_tokens > 0 is not implemented yet")
-    check_inputs(input_ids, attention_mask, max_new_tokens)
+    check_inputs(input_ids, attention_mask, max_new_tokens, min_new_tokens)
     param = next(model.parameters())
     amateur = load_amateur(params["amateur"], param.device, param.dtype)
     check_tokenizers(model, amateur)
@@ -148,11 +157,12 @@ def contrastive_decoding(model, input_ids, attention_mask, max_new_tokens, param
         expert_state = CachedBatch(model, input_ids, attention_mask)
         amateur_state = CachedBatch(amateur, amateur_ids, amateur_mask)
         if int(params["num_beams"]) == 1:
-            return _greedy(expert_state, amateur_state, input_ids.shape[0], max_new_tokens, settings, eos, pad)
-        return _beam(expert_state, amateur_state, input_ids.shape[0], int(params["num_beams"]), max_new_tokens, settings, eos, pad)
+            return _greedy(expert_state, amateur_state, input_ids.shape[0], max_new_tokens, settings, eos, pad, min_new_tokens)
+        return _beam(expert_state, amateur_state, input_ids.shape[0], int(params["num_beams"]), max_new_tokens, settings, eos, pad,
+                     min_new_tokens)
 
 
-def _greedy(expert_state, amateur_state, rows, max_new_tokens, settings, eos, pad):
+def _greedy(expert_state, amateur_state, rows, max_new_tokens, settings, eos, pad, min_new_tokens=0):
     device = expert_state.mask.device
     new_tokens: list[torch.Tensor] = []
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -162,6 +172,8 @@ def _greedy(expert_state, amateur_state, rows, max_new_tokens, settings, eos, pa
     amateur_logits = amateur_state.prefill().logits[:, -1]
     for _ in range(max_new_tokens):
         score, expert = contrastive_scores(expert_logits, amateur_logits, *settings)
+        if len(new_tokens) < min_new_tokens:
+            score = suppress_eos(score, eos, fallback=expert)
         token = _pick(score, expert)
         token = torch.where(finished, torch.full_like(token, pad), token)
         new_tokens.append(token)
@@ -173,7 +185,7 @@ def _greedy(expert_state, amateur_state, rows, max_new_tokens, settings, eos, pa
     return stack_new_tokens(new_tokens, rows, device)
 
 
-def _beam(expert_state, amateur_state, rows, beams, max_new_tokens, settings, eos, pad):
+def _beam(expert_state, amateur_state, rows, beams, max_new_tokens, settings, eos, pad, min_new_tokens=0):
     device = expert_state.mask.device
     if max_new_tokens == 0:
         return torch.empty(rows, 0, dtype=torch.long, device=device)
@@ -192,6 +204,8 @@ def _beam(expert_state, amateur_state, rows, beams, max_new_tokens, settings, eo
     base = (torch.arange(rows, device=device) * beams)[:, None]
     for step in range(max_new_tokens):
         score, expert = contrastive_scores(expert_logits, amateur_logits, *settings)
+        if step < min_new_tokens:
+            score = suppress_eos(score, eos, fallback=expert)
         vocab = score.shape[-1]
         # finished beams can only be extended with pad, at no cost
         pad_only = torch.full_like(score, float("-inf"))

@@ -9,7 +9,8 @@ last-layer hidden state h_v. The chosen token maximises
 where h_j are the last-layer hidden states of every earlier real (non-pad) position of the
 sequence, prompt included. ``penalty_alpha = 0`` is greedy search. Ties go to the more
 probable candidate. The last-layer hidden state is the model's final (normed) hidden state,
-as in the reference implementation.
+as in the reference implementation. While fewer than ``min_new_tokens`` tokens have been
+generated, EOS gets probability 0 before the top-k (HF's logits processors act there too).
 """
 
 from __future__ import annotations
@@ -18,16 +19,23 @@ import torch
 import torch.nn.functional as F
 
 from multiexit.decoding.registry import DecodingMethod, all_checks, check_range, register_method
-from multiexit.decoding.common import CachedBatch, check_inputs, eos_ids, is_eos, original_head, pad_value, stack_new_tokens
+from multiexit.decoding.common import (
+    CachedBatch,
+    check_inputs,
+    eos_ids,
+    is_eos,
+    original_head,
+    pad_value,
+    stack_new_tokens,
+    suppress_eos,
+)
 
 DEFAULTS = {"top_k": 5, "penalty_alpha": 0.6}
 
 
 def contrastive_search(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id,
                        min_new_tokens=0):
-    if min_new_tokens:
-        raise NotImplementedError("contrastive_search: min_new_tokens > 0 is not implemented yet")
-    check_inputs(input_ids, attention_mask, max_new_tokens)
+    check_inputs(input_ids, attention_mask, max_new_tokens, min_new_tokens)
     k = int(params["top_k"])
     alpha = float(params["penalty_alpha"])
     rows = input_ids.shape[0]
@@ -44,6 +52,8 @@ def contrastive_search(model, input_ids, attention_mask, max_new_tokens, params,
         finished = torch.zeros(rows, dtype=torch.bool, device=device)
         k = min(k, logits.shape[-1])
         for _ in range(max_new_tokens):
+            if len(new_tokens) < min_new_tokens:  # as HF: EOS removed before the softmax and the top-k
+                logits = suppress_eos(logits, eos)
             probs = torch.softmax(logits, dim=-1)
             top_probs, top_ids = probs.topk(k, dim=-1)  # (rows, k), most probable first
             state.repeat_rows(k)
