@@ -35,6 +35,21 @@ def tiny_config(family: str, vocab_size: int = 128, layers: int = 4):
     if family == "opt":
         return T.OPTConfig(num_hidden_layers=layers, hidden_size=32, ffn_dim=64, num_attention_heads=4,
                            word_embed_proj_dim=32, max_position_embeddings=128, **common)
+    if family == "gptj":
+        return T.GPTJConfig(n_layer=layers, n_embd=32, n_head=4, rotary_dim=4, n_positions=128, **common)
+    if family in ("qwen3", "gemma", "gemma2", "olmo2"):
+        cls = {"qwen3": T.Qwen3Config, "gemma": T.GemmaConfig, "gemma2": T.Gemma2Config, "olmo2": T.Olmo2Config}[family]
+        extra = dict(head_dim=8) if family != "olmo2" else {}
+        if family == "gemma2":
+            extra.update(sliding_window=8, final_logit_softcapping=30.0)
+        return cls(num_hidden_layers=layers, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=128, **extra, **common)
+    if family == "phi3":
+        return T.Phi3Config(num_hidden_layers=layers, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                            num_key_value_heads=2, max_position_embeddings=128, **common)
+    if family == "opt_proj":  # OPT with word_embed_proj_dim != hidden_size: project_out is a real projection
+        return T.OPTConfig(num_hidden_layers=layers, hidden_size=32, ffn_dim=64, num_attention_heads=4,
+                           word_embed_proj_dim=16, max_position_embeddings=128, **common)
     if family == "gemma3":
         return T.Gemma3TextConfig(num_hidden_layers=layers, hidden_size=32, intermediate_size=64, num_attention_heads=4,
                                   num_key_value_heads=2, head_dim=8, sliding_window=8, max_position_embeddings=128,
@@ -42,7 +57,8 @@ def tiny_config(family: str, vocab_size: int = 128, layers: int = 4):
     raise ValueError(family)
 
 
-FAMILIES = ["gpt2", "gpt_neo", "llama", "mistral", "qwen2", "gpt_neox", "opt", "gemma3"]
+FAMILIES = ["gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "opt", "opt_proj",
+            "gemma", "gemma2", "gemma3", "phi3", "olmo2"]
 
 
 @pytest.fixture(scope="session")
