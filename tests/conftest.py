@@ -78,6 +78,31 @@ def smollm2_dir():
 
 
 @pytest.fixture(scope="session")
+def gemma3_tokenizer():
+    """Gemma 3's real tokenizer without converting the model: the converted folder's copy when the model was
+    converted already, else read once from the packaged GGUF (weights untouched) and cached as a tokenizer folder."""
+    from filelock import FileLock
+    from transformers import AutoTokenizer
+
+    from multiexit.inputs.models import PACKAGED_MODELS, cache_dir
+
+    converted = cache_dir() / "models" / "gemma3-270m"
+    if (converted / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(converted)
+    target = cache_dir() / "tokenizers" / "gemma3-270m"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / ".gemma3-270m.lock")):
+        if not (target / "tokenizer.json").is_file():
+            from multiexit.io import atomic_directory
+
+            gguf = PACKAGED_MODELS["gemma3-270m"].gguf()
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            with atomic_directory(target) as staging:
+                tokenizer.save_pretrained(staging)
+    return AutoTokenizer.from_pretrained(target)
+
+
+@pytest.fixture(scope="session")
 def gpt2_tokenizer():
     from multiexit.inputs.models import gpt2_tokenizer as build
 

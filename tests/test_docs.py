@@ -99,6 +99,21 @@ def _python_script(words: list[str]) -> tuple[tuple[str, ...], int] | None:
     return None
 
 
+def _parser_sources(argv: tuple[str, ...]) -> list[Path]:
+    """Files whose argparse calls define a script's flags: the script, or for ``-m multiexit...lm_eval`` lm-eval's CLI."""
+    if argv[1] != "-m":
+        return [Path(argv[-1])]
+    import importlib.util
+
+    # located by path, not imported (importing multiexit.lm_eval imports lm-eval: minutes on a loaded machine)
+    base = REPO / "src" / Path(*argv[2].split("."))
+    files = [base / "__main__.py", base / "__init__.py", base.with_suffix(".py")]
+    if argv[2].endswith("lm_eval"):  # lm-eval's own command line with the multi-exit model registered
+        lm_eval = Path(importlib.util.find_spec("lm_eval").origin).parent  # a top-level find_spec imports nothing
+        files += sorted((lm_eval / "_cli").glob("*.py")) + [lm_eval / "__main__.py"]
+    return [f for f in files if f.is_file()]
+
+
 def test_docs_have_commands_to_check():
     kinds = {words[0] for _, words in COMMANDS}
     assert {"snakemake", "make"} <= kinds and any(_python_script(w) for _, w in COMMANDS)
@@ -110,9 +125,11 @@ def test_python_script_commands_use_existing_flags(doc, words):
     argv, first = _python_script(words)
     assert Path(argv[-1]).is_file() or argv[1] == "-m", f"{doc}: {argv[-1]} does not exist"
     flags = _flags(words[first:])
-    # the script's own add_argument calls first (no subprocess), then its real --help for the rest
-    declared = set(re.findall(r'add_argument\(\s*(?:"-\w",\s*)?"(--[\w-]+)"', Path(argv[-1]).read_text())) \
-        if argv[1] != "-m" else set()
+    # the parsers' add_argument calls first (no subprocess: imports take minutes on a loaded machine), then
+    # the real --help for anything not found there
+    declared = set()
+    for source in _parser_sources(argv):
+        declared |= set(re.findall(r'add_argument\(\s*(?:"-\w",\s*)?"(--[\w-]+)"', source.read_text()))
     unknown = [flag for flag in flags if flag not in declared]
     if unknown:
         usage = _help(argv)
