@@ -2,6 +2,7 @@
 #   make demo   -> the offline demo pipeline (config/config.yaml) end to end
 #   make test   -> the test suite (fast and slow tests)
 # Both create .venv at the repository root and install everything they need on first use.
+#   make test-fast -> the tests not marked slow;  make mutation -> mutation score of the numeric core (docs/testing.md)
 
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +16,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK = 1
 # rules run `python scripts/...`: it must be the venv's interpreter whether or not the venv is activated
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install demo test test-fast clean-venv
+.PHONY: install demo test test-fast mutation clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +41,17 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Mutation testing (not in CI; tens of minutes on 2 cores): mutmut mutates the numeric core ([tool.mutmut]
+# in pyproject.toml) and runs the fast tests that cover each mutant; prints the score and every survivor.
+# Narrow it with a mutant-name glob: make mutation MUTANTS='multiexit.model.contrast*'
+MUTANTS ?=
+mutation: $(STAMP)
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 $(MUTANTS); \
+	  $(BIN)/mutmut export-cicd-stats && $(BIN)/python -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
+	  done = s['killed'] + s['survived']; print(f\"mutation score: {s['killed']}/{done} killed ({100 * s['killed'] / max(done, 1):.1f}%), {s['survived']} survived, {s.get('timeout', 0)} timeouts, {s.get('no_tests', 0)} without tests\")"
+	$(BIN)/mutmut results
 
 clean-venv:
 	rm -rf $(VENV)

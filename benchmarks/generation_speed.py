@@ -7,6 +7,12 @@ ratios ACD/greedy and original/greedy two ways: best over best, and the median o
 the ratio within a round (the robust one on a shared machine, where one run can be 5-10% off).
 Targets: original >= 0.97x greedy, ACD >= 0.80x greedy.
 
+ACD projects its two exits as one few-rows product laid out as ``weight @ hidden.T``
+(``few_rows_linear``), while plain greedy at batch 1 goes through ``nn.Linear`` (``hidden @ weight.T``);
+part of ACD's ratio against plain greedy is that layout. So a second greedy variant,
+``greedy_weight_first``, is the plain model with its head computed in the same ``weight @ hidden.T``
+layout, and ACD is also reported against it: that ratio is the cost of ACD itself.
+
 A second, finer measurement takes the generation loop out: after a 64-token context is in the KV
 cache, the variants run one decoding step each in turn (``--steps`` times, the cache cropped back
 after every step), and the median step time and the median within-turn ratio are printed. Alternating
@@ -40,6 +46,22 @@ PROMPTS = [
     "The storm moved across the coast overnight and",
     "According to the annual report, the company",
 ]
+
+
+class WeightFirstHead(torch.nn.Module):
+    """A vocabulary head computed as ``weight @ hidden.T`` for any number of rows (ACD's few-rows layout)."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.weight = linear.weight  # the same tensor: tied embeddings stay tied
+        self.bias = linear.bias
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        logits = torch.mm(self.weight, rows.t()).t().contiguous()
+        if self.bias is not None:
+            logits = logits + self.bias
+        return logits.reshape(*hidden.shape[:-1], logits.shape[-1])
 
 
 def time_generate(model, batch, new_tokens: int, pad_id: int) -> float:
@@ -83,7 +105,7 @@ def paired_step_times(variants: dict, batch, context_tokens: int, steps: int, pa
     return times
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -93,7 +115,7 @@ def main() -> None:
     parser.add_argument("--no-control", dest="control", action="store_false",
                         help="skip the control variant (a second copy of the plain model, showing the noise floor)")
     parser.add_argument("--lower", type=int, default=15, help="amateur layer for ACD (logit lens)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     folder = packaged_model_dir("smollm2-135m")
@@ -111,10 +133,14 @@ def main() -> None:
             vocab_projection_mode="SHARED_PROJECTION_DIRECT",
         ),
     ).eval()
-    variants = {"hf_greedy": plain, "original_head": original, f"acd_original_{args.lower}": acd}
+    weight_first = AutoModelForCausalLM.from_pretrained(folder).eval()
+    weight_first.lm_head = WeightFirstHead(weight_first.lm_head)
+    variants = {"hf_greedy": plain, "greedy_weight_first": weight_first, "original_head": original,
+                f"acd_original_{args.lower}": acd}
     if args.control:  # a second, separately loaded plain model: its ratio to the first is the noise floor
         variants["hf_greedy_control"] = AutoModelForCausalLM.from_pretrained(folder).eval()
     checks = [("original_head", 0.97), (f"acd_original_{args.lower}", 0.80)] + [("hf_greedy_control", 1.0)] * args.control
+    acd_name = f"acd_original_{args.lower}"
 
     names = list(variants)
     print(f"SmolLM2-135M, CPU threads={args.threads}, {args.new_tokens} new tokens, {args.repeats} interleaved rounds")
@@ -133,6 +159,9 @@ def main() -> None:
             paired = sorted(r[name] / r["hf_greedy"] for r in rounds)
             print(f"batch {batch_size}: {name}/greedy = {statistics.median(paired):.3f} median of rounds "
                   f"(range {paired[0]:.3f}-{paired[-1]:.3f}), {best:.3f} best/best ({'the noise floor: identical code' if name == 'hf_greedy_control' else f'target >= {target}'})")
+        same_layout = sorted(r[acd_name] / r["greedy_weight_first"] for r in rounds)
+        print(f"batch {batch_size}: {acd_name}/greedy_weight_first = {statistics.median(same_layout):.3f} median of rounds "
+              f"(range {same_layout[0]:.3f}-{same_layout[-1]:.3f}; both heads in the weight @ hidden.T layout)")
         times = paired_step_times(variants, batch, 64, args.steps, pad_id)
         for name in names:
             print(f"batch {batch_size}: {name:>18} median step {1000 * statistics.median(times[name]):6.1f} ms")
@@ -141,6 +170,10 @@ def main() -> None:
             quartiles = statistics.quantiles(paired, n=4)
             print(f"batch {batch_size}: {name}/greedy per step = {statistics.median(paired):.3f} median of {len(paired)} turns "
                   f"(quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; speed ratio = greedy step time / variant step time)")
+        same_layout = sorted(g / t for g, t in zip(times["greedy_weight_first"], times[acd_name]))
+        quartiles = statistics.quantiles(same_layout, n=4)
+        print(f"batch {batch_size}: {acd_name}/greedy_weight_first per step = {statistics.median(same_layout):.3f} median of "
+              f"{len(same_layout)} turns (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}; the same head layout)")
 
 if __name__ == "__main__":
     main()

