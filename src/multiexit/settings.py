@@ -194,6 +194,16 @@ class Settings:
         return made
 
     @classmethod
+    def error_for(cls, message: str, key: str = "", data: dict | None = None) -> ConfigError:
+        """A ConfigError for ``message`` naming ``key`` and the field (or key of ``data``) the message mentions first."""
+        import re
+
+        names = [*cls.field_names(), *(data if isinstance(data, dict) else ())]
+        spots = [(m.start(), name) for name in names for m in [re.search(rf"(?<![A-Za-z0-9_]){name}(?![A-Za-z0-9_])", message)] if m]
+        name = min(spots)[1] if spots else None
+        return ConfigError(_join_key(key, name) if name else (key or "<settings>"), message)
+
+    @classmethod
     def check_value(cls, name: str, value, key: str):
         """``value`` checked and converted as field ``name`` (types, range, choices); ConfigError naming ``key``."""
         for f, annotation, meta in cls._fields():
