@@ -20,7 +20,6 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from multiexit.pipeline import build_plan  # noqa: E402
-from multiexit.pipeline.grid import cli_options, to_json  # noqa: E402
 
 # The offline demo is the default config; with --configfile only the given files count (Snakemake
 # would otherwise merge their `models`/`datasets` mappings into the demo's).
@@ -33,9 +32,16 @@ PLAN = build_plan(
     config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 )
 config.update(PLAN.config)  # defaults filled in
-R = PLAN.results
+LAYOUT = PLAN.layout  # every output path template (multiexit.pipeline.layout)
 ENV = "../envs/multiexit.yaml"  # relative to workflow/rules/*.smk
 SCRIPTS = os.path.relpath(Path(workflow.basedir) / "scripts")
+# Jobs run the interpreter Snakemake runs under (a venv need not be activated), or the
+# rule's own environment's `python` with --software-deployment-method conda/apptainer.
+PYTHON = (
+    "python"
+    if workflow.deployment_settings.deployment_method
+    else shlex.quote(sys.executable)
+)
 
 
 wildcard_constraints:

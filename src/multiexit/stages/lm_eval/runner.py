@@ -45,7 +45,7 @@ class LmEvalSettings(Settings):
     model_args: str = setting(help="lm-eval's key=value,... list: pretrained, dtype, ... plus every MultiExitConfiguration field")
     tasks: str = setting(help="comma-separated task names / KIND:PATH / NAME=KIND:PATH")
     model: str = setting("multi_exit", "lm-eval model name ('hf' for lm-eval's stock model)")
-    num_fewshot: int | None = setting(None, "few-shot examples per prompt (default: the task's)", minimum=0)
+    num_fewshot: int | None = setting(0, "few-shot examples per prompt (null: the task's own)", minimum=0)
     batch_size: int | str = setting(16, "an integer or 'auto'", check=_check_batch_size)
     max_batch_size: int | None = setting(None, "largest batch size 'auto' may pick", minimum=1)
     device: str = setting("cpu", "torch device (auto: cuda if available, else cpu)", check=check_device)
