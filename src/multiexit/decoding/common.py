@@ -24,17 +24,28 @@ from multiexit.model.config import MultiExitConfiguration
 
 
 @contextlib.contextmanager
-def original_head(model):
-    """Make a multi-exit model answer with its original head (the plain causal LM) for the duration."""
+def multi_exit_output(model, multi_exit_config: MultiExitConfiguration):
+    """Temporarily switch a multi-exit model to ``multi_exit_config`` (restored afterwards).
+
+    A plain causal LM (no multi-exit configuration) only answers with its own head: it passes through
+    unchanged when ``multi_exit_config`` asks for the original head, and is an error otherwise.
+    """
     if not hasattr(model, "set_multi_exit_config"):
+        if not multi_exit_config.use_original_head:
+            raise TypeError(f"{type(model).__name__} is not a multi-exit model; it has only its original head")
         yield model
         return
     previous = model.multi_exit_config
-    model.set_multi_exit_config(MultiExitConfiguration(use_original_head=True))
+    model.set_multi_exit_config(multi_exit_config)
     try:
         yield model
     finally:
         model.multi_exit_config = previous
+
+
+def original_head(model):
+    """Make a (multi-exit) model answer with its original head (the plain causal LM) for the duration."""
+    return multi_exit_output(model, MultiExitConfiguration(use_original_head=True))
 
 
 @functools.cache

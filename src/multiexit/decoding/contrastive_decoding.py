@@ -131,7 +131,10 @@ def _amateur_inputs(input_ids, attention_mask, context: str):
     return last, torch.ones_like(last)
 
 
-def contrastive_decoding(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id):
+def contrastive_decoding(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id,
+                         min_new_tokens=0):
+    if min_new_tokens:
+        raise NotImplementedError("contrastive_decoding: min_new_tokens > 0 is not implemented yet")
     check_inputs(input_ids, attention_mask, max_new_tokens)
     param = next(model.parameters())
     amateur = load_amateur(params["amateur"], param.device, param.dtype)
@@ -252,6 +255,18 @@ def truncate_model(source: str, num_layers: int, output_dir: str | Path) -> Path
     return output_dir
 
 
+def _derived(model, params: dict) -> dict:
+    info = {"amateur_path": resolve_model_source(str(params["amateur"]))}
+    try:
+        param = next(model.parameters())
+        amateur = load_amateur(params["amateur"], param.device, param.dtype)
+        info["amateur_num_layers"] = amateur.config.get_text_config().num_hidden_layers
+        info["amateur_parameters"] = sum(p.numel() for p in amateur.parameters())
+    except Exception as err:  # recording must not fail a run; the generate call raises the real error
+        info["amateur_load_error"] = str(err)
+    return info
+
+
 register_method(
     DecodingMethod(
         "contrastive_decoding",
@@ -260,5 +275,7 @@ register_method(
         "Contrastive Decoding (Li et al. 2023): log p_expert - log p_amateur on {p_expert >= alpha*max}; greedy or beam",
         required=("amateur",),
         validate=all_checks(_validate),
+        label="cd-{amateur}-a{alpha}-beam{num_beams}",
+        derived=_derived,
     )
 )

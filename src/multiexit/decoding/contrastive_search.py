@@ -23,7 +23,10 @@ from multiexit.decoding.common import CachedBatch, check_inputs, eos_ids, is_eos
 DEFAULTS = {"top_k": 5, "penalty_alpha": 0.6}
 
 
-def contrastive_search(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id):
+def contrastive_search(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id,
+                       min_new_tokens=0):
+    if min_new_tokens:
+        raise NotImplementedError("contrastive_search: min_new_tokens > 0 is not implemented yet")
     check_inputs(input_ids, attention_mask, max_new_tokens)
     k = int(params["top_k"])
     alpha = float(params["penalty_alpha"])
@@ -74,5 +77,8 @@ register_method(
         contrastive_search,
         "contrastive search (Su et al. 2022): top_k candidates scored by (1-penalty_alpha)*p - penalty_alpha*max cosine similarity",
         validate=all_checks(check_range("top_k", 1, 10**6, integer=True), check_range("penalty_alpha", 0.0, 1.0)),
+        label="contrastive-search-k{top_k}-a{penalty_alpha}",
+        derived=lambda model, params: {"hidden_state": "final layer (normed)",
+                                       "similarity": "cosine, max over earlier real positions"},
     )
 )

@@ -135,7 +135,9 @@ def dola_scores(final_logits: torch.Tensor, premature_logits: torch.Tensor, rela
     return scores, choice
 
 
-def dola(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id):
+def dola(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id, min_new_tokens=0):
+    if min_new_tokens:
+        raise NotImplementedError("dola: min_new_tokens > 0 is not implemented yet")
     check_inputs(input_ids, attention_mask, max_new_tokens)
     layers = candidate_layers(params["layers"], _num_layers(model))
     relative_top = float(params["relative_top"])
@@ -190,6 +192,20 @@ def last_run_layer_counts() -> dict[int, int]:
     return dict(sorted(counts.items()))
 
 
+def _derived(model, params: dict) -> dict:
+    num_layers = _num_layers(model)
+    return {
+        "num_layers": num_layers,
+        "mature_layer": num_layers,
+        "candidate_layers": candidate_layers(params["layers"], num_layers),
+        "early_layers_final_norm": bool(params["final_norm"]),
+    }
+
+
+def _after_run(params: dict) -> dict:
+    return {"premature_layer_counts": last_run_layer_counts()}
+
+
 register_method(
     DecodingMethod(
         "dola",
@@ -197,5 +213,8 @@ register_method(
         dola,
         "DoLa (Chuang et al. 2024): final layer minus the per-sequence max-JS premature layer among 'low'/'high'/list candidates",
         validate=_validate,
+        label="dola-{layers}",
+        derived=_derived,
+        after_run=_after_run,
     )
 )

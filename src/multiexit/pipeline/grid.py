@@ -48,23 +48,8 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "figures": {"gpu": 0, "mem_mb": 2000, "runtime": 10, "threads": 1},
 }
 
-# Path label templates per method; other methods get "<method>-<param><value>..." from the
-# parameters the config sets explicitly.
-LABEL_TEMPLATES: dict[str, str] = {
-    "greedy": "greedy",
-    "beam": "beam-{num_beams}",
-    "top_k": "top-k-{top_k}",
-    "top_p": "top-p-{top_p}",
-    "typical": "typical-{typical_p}",
-    "temperature": "temperature-{temperature}",
-    "exit": "exit-{layer}",
-    "acd": "acd-{upper}-{lower}-a{alpha}",
-    "contrastive_search": "contrastive-search-k{top_k}-a{penalty_alpha}",
-    "dola": "dola-{layers}",
-    "contrastive_decoding": "cd-{amateur}-a{alpha}-beam{num_beams}",
-}
-
-_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+# Path labels come from the decoding registry (multiexit.decoding.registry.setting_label): each method's
+# template, plus the search's when it is not the method's default.
 
 
 # ------------------------------------------------------------------------------------ schema
@@ -137,13 +122,17 @@ class Setting:
     model: str
     label: str
     method: str
-    params: dict  # full, validated parameters (model references still as "model:<name>")
+    # full, validated parameters (model references still as "model:<name>"), as scripts/generate.py --params
+    # takes them: a non-default search rides along as params["search"] = {"name": ..., <search params>}
+    params: dict
     seed: int
     source: str  # config key of the decoding entry it came from, e.g. "decoding[3]"
+    search: str | None = None  # the search over the method's distribution (None: the method's own loop)
+    search_params: dict = field(default_factory=dict)  # the search's full parameters
 
     def as_dict(self) -> dict:
         return {"model": self.model, "label": self.label, "method": self.method, "params": self.params,
-                "seed": self.seed, "source": self.source}
+                "seed": self.seed, "source": self.source, "search": self.search, "search_params": self.search_params}
 
 
 @dataclass(frozen=True)
@@ -396,20 +385,6 @@ class Plan:
 # ------------------------------------------------------------------------------------ expansion
 
 
-def _format_value(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        text = repr(value)
-        return text[:-2] if text.endswith(".0") else text
-    if isinstance(value, (list, tuple)):
-        return ".".join(_format_value(v) for v in value)
-    if isinstance(value, str) and value.startswith(MODEL_REF):
-        return value[len(MODEL_REF):]
-    text = str(value)
-    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", text).strip("_") or "none"
-
-
 def _layer_values(token: str, spec: dict, key: str) -> list[int]:
     if token == "exits":
         if not spec["exits"]:
@@ -440,21 +415,6 @@ def expand_params(params: dict, spec: dict, key: str) -> list[tuple[dict, list[s
     return [(dict(zip(names, combo)), names) for combo in itertools.product(*axes)]
 
 
-def _label(template: str | None, method: str, params: dict, explicit: list[str], key: str) -> str:
-    if template is None:
-        template = LABEL_TEMPLATES.get(method)
-    if template is None:
-        parts = [method.replace("_", "-")] + [f"{name.replace('_', '')}{_format_value(params[name])}" for name in explicit]
-        return "-".join(parts)
-    try:
-        label = template.format(**{k: _format_value(v) for k, v in params.items()})
-    except (KeyError, IndexError, ValueError) as err:
-        raise ConfigError(f"{key}.label", f"template {template!r} names an unknown parameter ({err})") from None
-    if not _NAME_OK.match(label):
-        raise ConfigError(f"{key}.label", f"label {label!r} is not a usable path component")
-    return label
-
-
 def _projection_mode(spec: dict, params: dict) -> VocabularyProjectionMode:
     mode = params.get("vocab_projection_mode") or spec["vocab_projection_mode"]
     if mode is None:
@@ -473,25 +433,26 @@ def available_exits(spec: dict, mode: VocabularyProjectionMode) -> list[int] | N
     return sorted(spec["exits"])
 
 
-def _check_layers(spec: dict, model: str, params: dict, key: str, method: str) -> None:
-    """Layer checks for methods that read exits (exit, acd): layer range and heads present."""
-    if method == "exit":
-        mec = {"use_original_head": False, "output_layer_index": params["layer"]}
-        layer_key = f"{key}.layer"
-    elif method == "acd":
-        mec = {"use_original_head": False, "contrast_layer_indices": (params["upper"], params["lower"])}
-        layer_key = f"{key}.lower"
-    else:
+def _check_layers(spec: dict, model: str, needs: tuple[dict, tuple[str, ...]] | None, params: dict, key: str) -> None:
+    """Layer checks for a setting that reads exits: layer range and heads present.
+
+    ``needs`` is what :func:`multiexit.decoding.registry.exit_output` gives: the multi-exit output the setting
+    reads and the params naming its layers (the first is blamed unless the error names another's layer).
+    """
+    if needs is None:
         return
+    output, layer_params = needs
     try:
         mode = _projection_mode(spec, params)
-        config = MultiExitConfiguration(vocab_projection_mode=mode, **mec)
+        config = MultiExitConfiguration(**{**output, "vocab_projection_mode": mode})
         config.validate_for_model(spec["num_layers"], available_exits(spec, mode))
     except ValueError as err:
         text = str(err)
-        if method == "acd" and params["upper"] != ORIGINAL and f"layer {params['upper']} " in text:
-            layer_key = f"{key}.upper"
-        raise ConfigError(layer_key, f"{text} (model {model!r})") from None
+        blamed = layer_params[0] if layer_params else None
+        for name in layer_params[1:]:
+            if params.get(name) != ORIGINAL and f"layer {params.get(name)} " in text:
+                blamed = name
+        raise ConfigError(f"{key}.{blamed}" if blamed else key, f"{text} (model {model!r})") from None
 
 
 def cli_options(options: dict) -> list[str]:
@@ -543,7 +504,7 @@ def _check_model_refs(value, models: dict, key: str) -> None:
 
 def build_plan(config: dict, schema: dict | str | Path) -> Plan:
     """Validate ``config`` (schema + semantics) and expand its grid into a :class:`Plan`."""
-    from multiexit.decoding.registry import METHODS, parse_decoding
+    from multiexit.decoding.registry import METHODS, exit_output, parse_decoding, setting_label
 
     from multiexit.stages.fit_cast import FitCastSettings
     from multiexit.stages.generate import GenerateSettings
@@ -616,16 +577,26 @@ def build_plan(config: dict, schema: dict | str | Path) -> Plan:
             if model not in models:
                 raise ConfigError(f"{key}.models[{j}]", f"unknown model {model!r}; known: {', '.join(models)}")
         _check_model_refs(entry["params"], models, f"{key}.params")
+        _check_model_refs(entry["search_params"], models, f"{key}.search_params")
+        search = entry.get("search")
         for model in targets:
             spec = models[model]
-            for params, explicit in expand_params(entry["params"], spec, f"{key}.params"):
+            search_grid = expand_params(entry["search_params"], spec, f"{key}.search_params")
+            for (params, explicit), (search_params, _) in itertools.product(
+                    expand_params(entry["params"], spec, f"{key}.params"), search_grid):
                 try:
-                    setting = parse_decoding(method, params)
+                    setting = parse_decoding(method, params, search, search_params)
                 except ValueError as err:
-                    bad = [name for name in params if f"'{name}'" in str(err) or str(err).split(": ", 1)[-1].startswith(name)]
-                    raise ConfigError(f"{key}.params" + (f".{bad[0]}" if bad else ""), str(err)) from None
-                _check_layers(spec, model, setting.params, f"{key}.params", method)
-                label = _label(entry.get("label"), method, setting.params, explicit, key)
+                    where = getattr(err, "key", None)
+                    if where is None:
+                        bad = [name for name in params if f"'{name}'" in str(err) or str(err).split(": ", 1)[-1].startswith(name)]
+                        where = "params" + (f".{bad[0]}" if bad else "")
+                    raise ConfigError(f"{key}.{where}", str(err)) from None
+                _check_layers(spec, model, exit_output(setting), setting.params, f"{key}.params")
+                try:
+                    label = setting_label(setting, explicit, entry.get("label"))
+                except ValueError as err:
+                    raise ConfigError(f"{key}.label", str(err)) from None
                 for seed in seeds:
                     full_label = label if len(seeds) == 1 else f"{label}-seed{seed}"
                     clash = [s for s in settings.setdefault(model, []) if s.label == full_label]
@@ -634,7 +605,8 @@ def build_plan(config: dict, schema: dict | str | Path) -> Plan:
                             key, f"setting label {full_label!r} for model {model!r} is also produced by {clash[0].source}; "
                             "give one of them a distinct `label`"
                         )
-                    settings[model].append(Setting(model, full_label, method, setting.params, seed, key))
+                    settings[model].append(Setting(model, full_label, method, setting.wire_params(), seed, key,
+                                                   setting.search, dict(setting.search_params)))
 
     # datasets: a prompt-set request plus the generation stage's shards and new_tokens
     from multiexit.inputs.prompts import DatasetRequest
@@ -705,7 +677,8 @@ def build_plan(config: dict, schema: dict | str | Path) -> Plan:
                     raise ConfigError("lm_eval.alpha", str(err)) from None
             for p, (upper, lower) in enumerate(lm["acd"]):
                 params = {"upper": upper, "lower": lower}
-                _check_layers(spec, model, params, f"lm_eval.acd[{p}]", "acd")
+                output = {"use_original_head": False, "contrast_layer_indices": (upper, lower)}
+                _check_layers(spec, model, (output, ("lower", "upper")), params, f"lm_eval.acd[{p}]")
                 variants.append((f"acd-{upper}-{lower}", {
                     "use_original_head": False, "contrast_layer_indices": f"{upper};{lower}", "contrast_alpha": alpha}))
             mode = spec["vocab_projection_mode"]

@@ -37,8 +37,7 @@ import torch
 import multiexit.decoding.registry as decoding
 from multiexit.io import atomic_write_text
 from multiexit.inputs.prompts import DatasetRequest, Prompt, load_prompts
-from multiexit.decoding.derived import derived_settings
-from multiexit.decoding.registry import DecodingSetting, parse_decoding, seed_everything
+from multiexit.decoding.registry import DecodingSetting, derived_settings, parse_decoding, seed_everything
 from multiexit.settings import Settings, check_device, setting
 
 ROW_FIELDS = ("id", "prompt", "reference", "generation", "n_new_tokens", "stop_reason")
@@ -362,7 +361,8 @@ def run_generation(
         raise ValueError(f"num_shards ({run.num_shards}) is larger than the number of prompts ({len(prompts)})")
 
     # what a method resolves from the model (DoLa's candidate layers, the CD amateur's size...)
-    derived = {"decoding_derived": derived_settings(model, run.setting)}
+    # and the search it runs (None: the method's own loop), spelled out whatever the default
+    derived = {"decoding_derived": derived_settings(model, run.setting), "decoding_search": run.setting.search_dict()}
 
     def produce(index: int) -> tuple[list[dict], dict]:
         start, end = shard_bounds(len(prompts), run.num_shards, index)
