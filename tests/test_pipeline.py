@@ -85,8 +85,9 @@ def test_paper_plan_paths_and_expansion():
     assert plan.resolve_refs(cd.params)["amateur"] == "results/paper/gpt2/base"
     assert "gpt2" not in plan.settings  # an amateur-only model generates nothing
     variants = {r.variant for r in plan.lm_eval_runs if r.model == "gpt-neo-125m"}
-    assert variants == {"original", "acd-original-12"} | {f"exit-{layer}" for layer in range(2, 13, 2)} or \
-        variants == {"original"} | {f"exit-{layer}" for layer in range(2, 13, 2)} | {"acd-original-12"}
+    # lm_eval.acd is set per model: GPT-Neo-125M's amateur is its exit 6 (GPT-2 Medium's is 12)
+    assert variants == {"original", "acd-original-6"} | {f"exit-{layer}" for layer in range(2, 13, 2)}
+    assert {r.variant for r in plan.lm_eval_runs if r.model == "gpt2-medium" and r.variant.startswith("acd")} == {"acd-original-12"}
 
 
 def test_grids_multiply_and_seeds_suffix():

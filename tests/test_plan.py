@@ -130,3 +130,25 @@ def test_demo_plan_loads_no_script(monkeypatch):
     before = set(sys.modules)
     build_plan(load_config_files(DEMO), SCHEMA)
     assert not [m for m in set(sys.modules) - before if m.startswith("_pipeline_check")]
+
+
+def test_lm_eval_pairs_per_model_and_symbolic_layers():
+    config = _tiny()
+    config["lm_eval"]["acd"] = {"smollm2": [["original", "middle"], ["top", 6]]}
+    config["lm_eval"]["exits"] = False
+    config["models"]["smollm2"]["exits"] = [6, 15, 30]
+    config["models"]["smollm2"].pop("cast")
+    plan = build_plan(config, SCHEMA)
+    assert {r.variant for r in plan.lm_eval_runs} == {"original", "acd-original-15", "acd-30-6"}
+
+
+@pytest.mark.parametrize("acd, key, text", [
+    ({"smollm2": [["top", "top"]]}, "lm_eval.acd.smollm2[0]", "same layer"),
+    ({"gpt2": [["original", 6]]}, "lm_eval.acd.gpt2", "not benchmarked"),
+    ({"smollm2": [["original", 40]]}, "lm_eval.acd.smollm2[0].lower", "outside"),
+    ([["original", 7]], "lm_eval.acd[0].lower", "no exit head"),
+])
+def test_bad_lm_eval_pairs_name_the_key(acd, key, text):
+    with pytest.raises(ConfigError) as info:
+        build_plan(_with(_tiny(), ["lm_eval", "acd"], acd), SCHEMA)
+    assert info.value.key == key and text in str(info.value), str(info.value)
