@@ -9,7 +9,6 @@
 # key stops the run here, naming the key. See docs/pipeline.md.
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -35,12 +34,17 @@ config.update(PLAN.config)  # defaults filled in
 LAYOUT = PLAN.layout  # every output path template (multiexit.pipeline.layout)
 ENV = "../envs/multiexit.yaml"  # relative to workflow/rules/*.smk
 SCRIPTS = os.path.relpath(Path(workflow.basedir) / "scripts")
-# Jobs run the interpreter Snakemake runs under (a venv need not be activated), or the
-# rule's own environment's `python` with --software-deployment-method conda/apptainer.
-PYTHON = (
-    "python"
-    if workflow.deployment_settings.deployment_method
-    else shlex.quote(sys.executable)
+
+
+# Jobs run `python scripts/...`: the interpreter Snakemake runs under comes first on their PATH, so
+# no venv needs to be activated; with --software-deployment-method conda the activated env's own
+# python comes before it.
+envvars:
+    "PATH",
+
+
+os.environ["PATH"] = os.pathsep.join(
+    [os.path.dirname(sys.executable), os.environ["PATH"]]
 )
 
 

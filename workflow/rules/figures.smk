@@ -25,5 +25,5 @@ rule figures:
         script=f"{SCRIPTS}/make_figures.py",
         formats=",".join(PLAN.config["figures"]["formats"]),
     shell:
-        "{PYTHON} {params.script} --manifest {input.manifest:q}"
+        "python {params.script} --manifest {input.manifest:q}"
         " --output-dir {params.outdir:q} --formats {params.formats} > {log:q} 2>&1"

@@ -24,5 +24,5 @@ rule fit_cast:
         script=f"{SCRIPTS}/fit_cast.py",
         spec=lambda wc: PLAN.cast_spec(wc.model),
     shell:
-        "{PYTHON} {params.script} --model {input.model:q} --spec {params.spec:q}"
+        "python {params.script} --model {input.model:q} --spec {params.spec:q}"
         " --output-dir {output.checkpoint:q} --metrics {output.metrics:q} > {log:q} 2>&1"

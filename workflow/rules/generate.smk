@@ -21,7 +21,7 @@ rule generate:
         script=f"{SCRIPTS}/generate.py",
         spec=lambda wc: PLAN.generate_spec(wc.model, wc.dataset, wc.label, wc.shard),
     shell:
-        "{PYTHON} {params.script} --model {input.model:q} --spec {params.spec:q}"
+        "python {params.script} --model {input.model:q} --spec {params.spec:q}"
         " --threads {threads} --no-progress --output {output.generations:q}"
         " > {log:q} 2>&1"
 
@@ -47,5 +47,5 @@ rule merge_generations:
     params:
         script=f"{SCRIPTS}/generate.py",
     shell:
-        "{PYTHON} {params.script} --merge {input:q} --output {output.generations:q}"
+        "python {params.script} --merge {input:q} --output {output.generations:q}"
         " > {log:q} 2>&1"

@@ -20,7 +20,7 @@ rule build_lm_eval_data:
         script=f"{SCRIPTS}/make_lambada_local.py",
         spec=lambda wc: PLAN.lambada_spec(wc.task),
     shell:
-        "{PYTHON} {params.script} --output {output:q} --spec {params.spec:q} > {log:q} 2>&1"
+        "python {params.script} --output {output:q} --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule lm_eval:
@@ -42,5 +42,5 @@ rule lm_eval:
         script=f"{SCRIPTS}/lm_eval_run.py",
         spec=lambda wc: PLAN.lm_eval_spec(wc.model, wc.task, wc.variant),
     shell:
-        "{PYTHON} {params.script} --spec {params.spec:q} --output {output:q}"
+        "python {params.script} --spec {params.spec:q} --output {output:q}"
         " --threads {threads} > {log:q} 2>&1"

@@ -19,4 +19,4 @@ rule prepare_model:
         script=f"{SCRIPTS}/prepare_model.py",
         spec=lambda wc: PLAN.prepare_spec(wc.model),
     shell:
-        "{PYTHON} {params.script} --spec {params.spec:q} --output {output:q} > {log:q} 2>&1"
+        "python {params.script} --spec {params.spec:q} --output {output:q} > {log:q} 2>&1"

@@ -20,6 +20,6 @@ rule score:
         script=f"{SCRIPTS}/score.py",
         settings=PLAN.score_spec(),
     shell:
-        "{PYTHON} {params.script} --generations {input.generations:q}"
+        "python {params.script} --generations {input.generations:q}"
         " --settings {params.settings:q} --threads {threads}"
         " --output {output:q} > {log:q} 2>&1"

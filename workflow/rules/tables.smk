@@ -53,5 +53,5 @@ rule tables:
         outdir=lambda wc, output: os.path.dirname(output.csv),
         script=f"{SCRIPTS}/make_tables.py",
     shell:
-        "{PYTHON} {params.script} --manifest {input.manifest:q}"
+        "python {params.script} --manifest {input.manifest:q}"
         " --output-dir {params.outdir:q} > {log:q} 2>&1"

@@ -30,7 +30,7 @@ rule train_heads:
         options=lambda wc: PLAN.train_options(wc.model),
         checkpoints=lambda wc: LAYOUT.path("heads_checkpoints", model=wc.model),
     shell:
-        "{PYTHON} {params.script} --model {input.model:q} --exits {params.exits}"
+        "python {params.script} --model {input.model:q} --exits {params.exits}"
         " --output-dir {output.checkpoint:q} --metrics {output.metrics:q}"
         " --loss-json {output.history:q} --loss-csv {output.history_csv:q}"
         " --loss-plot {output.plot:q} --checkpoint-dir {params.checkpoints:q}"
