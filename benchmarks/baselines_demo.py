@@ -34,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from multiexit.decoding.derived import derived_settings, last_run_info
+from multiexit.decoding.registry import derived_settings, last_run_info
 from multiexit.decoding.contrastive_decoding import check_tokenizers, load_amateur, truncate_model
 from multiexit.inputs.prompts import load_prompts
 from multiexit.stages.generate import atomic_write_text, load_generation_model, make_run, meta_path, read_jsonl, run_generation

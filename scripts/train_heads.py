@@ -36,12 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("objective")
     g.add_argument("--objective", default="ce", choices=["ce", "kl"], help="ce: next-token cross-entropy (paper); kl: KL(final layer || exit) distillation (tuned-lens style)")
-    g.add_argument("--init", default="random", choices=["random", "warm", "keep"], help="new heads: random normal init (paper), warm = copy of the original head, keep = the source checkpoint's heads")
+    g.add_argument("--init", default="random", choices=["random", "warm", "cast", "keep"], help="new heads: random normal init (paper), warm = copy of the original head, cast = original head x least-squares cast map, keep = the source checkpoint's heads")
+    g.add_argument("--cast-positions", type=int, default=25000, help="init=cast: training-text positions for the least-squares cast fit (default 25000)")
     g.add_argument("--unfreeze-base", action="store_true", help="also train the base model (default: frozen, only exit heads train)")
 
     g = p.add_argument_group("data")
     g.add_argument("--data", default="lee_background", help="LM corpus: cc100[:lang], wikitext-103, wikitext-2, hub:<name>[:config][@split][#field], lee_background, or a local file/folder (join several with '+')")
     g.add_argument("--seq-len", type=int, default=512, help="tokens per training chunk / max task example length (default 512, as in the paper)")
+    g.add_argument("--separator", default="eos", choices=["eos", "none"], help="between concatenated documents: eos (default) or none (the ACD authors' group_texts)")
     g.add_argument("--train-tokens", type=int, default=None, help="training tokens to read from the corpus (default: whole local corpus, or --max-tokens)")
     g.add_argument("--eval-tokens", type=int, default=16384, help="held-out tokens for before/after evaluation (LM mode; default 16384)")
     g.add_argument("--shuffle-buffer", type=int, default=10000, help="shuffle buffer for streamed corpora (0: stream order)")
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay on matrices (default 0)")
     g.add_argument("--lr-scheduler", default="linear", help="transformers scheduler name: linear (default), cosine, constant, constant_with_warmup, ...")
     g.add_argument("--warmup-steps", type=int, default=0, help="learning-rate warm-up steps (default 0)")
+    g.add_argument("--epochs", type=int, default=None, help="passes over the training data (the ACD authors: 3; default: one pass)")
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: one pass over the training data)")
     g.add_argument("--max-tokens", type=int, default=None, help="token budget instead of --max-steps (counted label tokens)")
     g.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch per process (default 16, the paper's)")
@@ -77,15 +80,15 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = HeadTrainingConfig(
-            exits=args.exits, objective=args.objective, init=args.init, learning_rate=args.learning_rate,
+            exits=args.exits, epochs=args.epochs, objective=args.objective, init=args.init, cast_positions=args.cast_positions, learning_rate=args.learning_rate,
             weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler, warmup_steps=args.warmup_steps,
             max_steps=args.max_steps, max_tokens=args.max_tokens, batch_size=args.batch_size, grad_accum=args.grad_accum,
             max_grad_norm=args.max_grad_norm, mixed_precision=args.mixed_precision, freeze_base=not args.unfreeze_base,
             seed=args.seed, checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-            throttle_seconds=args.throttle_seconds,
+            throttle_seconds=args.throttle_seconds, dtype=args.dtype, cpu=args.cpu, keep_checkpoint_dir=args.keep_checkpoint_dir,
         )
         data = DataSettings(
-            corpus=args.data, seq_len=args.seq_len, train_tokens=args.train_tokens, eval_tokens=args.eval_tokens,
+            data=args.data, tokenizer=args.tokenizer, seq_len=args.seq_len, separator=args.separator, train_tokens=args.train_tokens, eval_tokens=args.eval_tokens,
             shuffle_buffer=args.shuffle_buffer, task_data=args.task_data, prompt_field=args.prompt_field,
             target_field=args.target_field, task_eval_fraction=args.task_eval_fraction, eval_batch_size=args.eval_batch_size,
         )
@@ -96,7 +99,6 @@ def main(argv=None) -> int:
         metrics = run_head_training(
             args.model, args.output_dir, config, data, checkpoint_dir=args.checkpoint_dir, metrics_path=args.metrics,
             plot_path=args.loss_plot, history_csv=args.loss_csv, history_json=args.loss_json,
-            tokenizer_source=args.tokenizer, dtype=args.dtype, cpu=args.cpu, keep_checkpoints_after=args.keep_checkpoint_dir,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -9,9 +9,9 @@ import torch
 
 from conftest import tiny_config
 from multiexit import AutoMultiExitModel
-from multiexit.decoding.derived import derived_settings, last_run_info
-from multiexit.decoding.derived import contrastive_decoding as cd
-from multiexit.decoding.derived import dola
+from multiexit.decoding.registry import derived_settings, last_run_info
+from multiexit.decoding import contrastive_decoding as cd
+from multiexit.decoding import dola
 from multiexit.decoding.registry import generate, parse_decoding, seed_everything
 
 PAD, EOS = 0, 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -107,6 +108,30 @@ def test_every_exit_loss_falls_and_base_is_untouched(tiny_dir, chunks, init):
         assert torch.equal(value, base_before[name]), f"frozen base weight {name} changed"
 
 
+def test_cast_init_folds_the_least_squares_cast_into_the_original_head(tiny_dir, chunks):
+    """init='cast': head_l = W_head @ A_l, A_l the least-squares map norm(h_l) -> h_top, computed here by hand
+    from the plain HF model's hidden states; the top-layer exit gets the original head."""
+    from transformers import AutoModelForCausalLM
+
+    data = chunks.train[:12]
+    config = HeadTrainingConfig(exits=[2, 4], init="cast", cast_positions=10**6)  # capped: every usable position
+    model = prepare_model_for_training(str(tiny_dir), config, cast_chunks=data)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    with torch.no_grad():
+        out = plain(input_ids=data, output_hidden_states=True)
+        x = plain.transformer.ln_f(out.hidden_states[2])[:, 1:].reshape(-1, 32).double()  # position 0 never sampled
+        y = out.hidden_states[4][:, 1:].reshape(-1, 32).double()  # the last entry is already final-normed
+        cast = torch.linalg.lstsq(x, y, driver="gelsd").solution.T
+        expected = x @ (plain.lm_head.weight.double() @ cast).T  # logits of the folded head on the fitted states
+        got = model.name_to_lm_exit_head["lm_head_2"](x.float()).double()
+    # a fresh LayerNorm's output is centred (rank 31 of 32), so the maps agree on the states, not as matrices;
+    # the stage solves the float64 normal equations of float32 states, lstsq here the states themselves
+    assert (got - expected).abs().max() < 0.02 * expected.abs().max()
+    assert torch.equal(model.name_to_lm_exit_head["lm_head_4"].weight, plain.lm_head.weight)
+    with pytest.raises(ValueError, match="cast"):
+        prepare_model_for_training(str(tiny_dir), config)
+
+
 def test_objective_matches_core_forward_loss(tiny_dir, chunks):
     config = HeadTrainingConfig(exits=[1, 3], init="random")
     model = prepare_model_for_training(str(tiny_dir), config)
@@ -115,6 +140,33 @@ def test_objective_matches_core_forward_loss(tiny_dir, chunks):
     out = model(**batch)
     assert torch.allclose(total, out.loss)
     assert torch.allclose(per_exit, torch.stack([out.exit_losses[1], out.exit_losses[3]]))
+
+
+def test_kl_objective_is_kl_from_the_final_layer_to_the_exit(tiny_dir, chunks):
+    """objective='kl' = token-mean KL(final-layer distribution || exit distribution), written out here with
+    torch's kl_div on the plain HF model's own logits and hidden states (reversing the KL fails this)."""
+    from transformers import AutoModelForCausalLM
+
+    config = HeadTrainingConfig(exits=[1, 2], objective="kl", init="random", seed=4)
+    model = prepare_model_for_training(str(tiny_dir), config)
+    with torch.no_grad():  # peaked exits against a near-uniform random final layer: the two KL directions differ
+        for layer in (1, 2):
+            model.name_to_lm_exit_head[f"lm_head_{layer}"].weight.mul_(50.0)
+    batch = collate_chunks(list(chunks.train[:3]))
+    batch["labels"][0, 10:] = -100  # some positions do not count
+    _, per_exit = ExitObjective(model, [1, 2], "kl")(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    plain = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    with torch.no_grad():
+        out = plain(input_ids=batch["input_ids"], output_hidden_states=True)
+        counted = batch["labels"][:, 1:] != -100  # position t predicts token t+1
+        teacher = torch.log_softmax(out.logits[:, :-1][counted], dim=-1)
+        for i, layer in enumerate([1, 2]):
+            head = model.name_to_lm_exit_head[f"lm_head_{layer}"].weight
+            student = torch.log_softmax((plain.transformer.ln_f(out.hidden_states[layer]) @ head.T)[:, :-1][counted], dim=-1)
+            expected = torch.nn.functional.kl_div(student, teacher, log_target=True, reduction="none").sum(-1).mean()
+            assert torch.allclose(per_exit[i], expected, rtol=1e-5, atol=1e-5), (layer, per_exit[i], expected)
+            reverse = torch.nn.functional.kl_div(teacher, student, log_target=True, reduction="none").sum(-1).mean()
+            assert not torch.allclose(expected, reverse, rtol=0.05)  # the test can tell the two directions apart
 
 
 def test_kl_objective_trains_towards_final_layer(tiny_dir, chunks):
@@ -279,6 +331,82 @@ def test_bad_settings_are_rejected():
         HeadTrainingConfig(exits=[1], max_steps=3, max_tokens=100)
     with pytest.raises(ValueError, match="corpus"):
         load_token_chunks("definitely/not/here.txt", None, 16)
+
+
+def test_train_block_maps_onto_the_two_settings_classes():
+    from multiexit.settings import ConfigError
+    from multiexit.stages.train_heads import DataSettings, HeadTrainingSettings, train_settings
+
+    assert HeadTrainingConfig is HeadTrainingSettings
+    block = {"data": "lee_background", "init": "random", "learning_rate": 1.0e-3, "max_steps": 16, "batch_size": 2,
+             "seq_len": 128, "eval_tokens": 512, "eval_batch_size": 4, "checkpoint_every": 4, "cpu": True}
+    training, data = train_settings(block, [24, 8, 16], "models.m.train")
+    assert training.exits == (8, 16, 24) and training.learning_rate == 1e-3 and training.cpu is True
+    assert (data.data, data.seq_len, data.eval_tokens, data.eval_batch_size) == ("lee_background", 128, 512, 4)
+    assert DataSettings.from_dict(data.as_dict()) == data
+    assert HeadTrainingSettings.from_dict(training.as_dict()) == training
+    # every flag of scripts/train_heads.py that a config may set is a field of one of the two classes
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_heads_cli", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    set_by_the_rule = {"model", "exits", "output_dir", "metrics", "loss_plot", "loss_csv", "loss_json", "checkpoint_dir",
+                       "help"}
+    renamed = {"unfreeze_base": "freeze_base"}
+    fields = set(HeadTrainingSettings.field_names()) | set(DataSettings.field_names())
+    for action in module.build_parser()._actions:
+        if action.dest not in set_by_the_rule:
+            assert renamed.get(action.dest, action.dest) in fields, action.dest
+
+    cases = [({"learning_rat": 0.1}, "models.m.train.learning_rat", "unknown setting"),
+             ({"learning_rate": -1}, "models.m.train.learning_rate", "> 0"),
+             ({"batch_size": 0}, "models.m.train.batch_size", ">= 1"),
+             ({"seq_len": "long"}, "models.m.train.seq_len", "an integer"),
+             ({"init": "zeros"}, "models.m.train.init", "one of"),
+             ({"task_eval_fraction": 1.0}, "models.m.train.task_eval_fraction", "< 1"),
+             ({"max_steps": 3, "max_tokens": 100}, "models.m.train.max_tokens", "not max_steps and max_tokens"),
+             ({"epochs": 3, "max_steps": 100}, "models.m.train.max_steps", "not epochs and max_steps"),
+             ({"objective": "kl"}, "models.m.train.exits", "'original' cannot"),
+             ({"head_bias": True}, "models.m.train.head_bias", "one of"),
+             ({"exits": [1]}, "models.m.train.exits", "model entry")]
+    for block, key, text in cases:
+        exits = [2, "original"] if block.get("objective") == "kl" else [2]
+        with pytest.raises(ConfigError) as info:
+            train_settings(block, exits, "models.m.train")
+        assert info.value.key == key and text in str(info.value), (block, str(info.value))
+    with pytest.raises(ConfigError) as info:
+        HeadTrainingSettings.from_dict({"exits": [3, 3]}, "models.m.train")
+    assert info.value.key == "models.m.train.exits" and "duplicates" in str(info.value)
+
+
+def test_authors_budget_and_chunking_settings(tiny_dir, tmp_path):
+    """epochs = whole passes over the data; separator 'none' concatenates documents as the authors' group_texts."""
+    from transformers import AutoTokenizer
+
+    from multiexit.stages.train_heads import EpochOrder, ListDataset, plan_steps
+
+    # 100 chunks, batch 16, 3 epochs: 300 items -> 18 whole steps (300 // 16)
+    assert plan_steps(HeadTrainingConfig(exits=[1], epochs=3), 100, 511.0, 1) == 18
+    assert plan_steps(HeadTrainingConfig(exits=[1]), 100, 511.0, 1) == 6
+    assert plan_steps(HeadTrainingConfig(exits=[1], epochs=2, batch_size=5, grad_accum=2), 100, 511.0, 2) == 10
+    order = EpochOrder(ListDataset(list(range(7))), epochs=3, seed=1)
+    for epoch in range(3):
+        assert sorted(order[epoch * 7 + i] for i in range(7)) == list(range(7))
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    docs = ["the bank said", "police arrested two men", "fire near the road"]
+    corpus = tmp_path / "three.cor"
+    corpus.write_text("\n".join(docs) + "\n")
+    ids = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in read_local_documents(corpus)]
+    eos = [tokenizer.eos_token_id]
+
+    def streams(tail):  # local documents are read in a seeded shuffle: any order of the three
+        return [[t for doc in order for t in doc + tail] for order in itertools.permutations(ids)]
+
+    for separator, tail in (("none", []), ("eos", eos)):
+        chunks = load_token_chunks(str(corpus), tokenizer, 2, seed=0, separator=separator)
+        assert any(chunks.train.reshape(-1).tolist() == s[: len(s) // 2 * 2] for s in streams(tail)), separator
 
 
 def test_cli_task_mode_counts_only_target_tokens(tiny_dir, tmp_path):

@@ -17,7 +17,7 @@ A method's ``generate`` function is called as::
 
 ``model`` is a multi-exit model (see :mod:`multiexit.model.modeling`); methods that read exits set
 its MultiExitConfiguration for the call and restore it afterwards. Inputs are left-padded.
-The caller seeds torch before each call (see :func:`seed_everything`).
+The caller seeds torch before each call (see :func:`multiexit.seeding.seed_everything`).
 
 Everything that is particular to a method sits on its entry as a hook, so callers never name a
 method: its path label template (:func:`setting_label`), the multi-exit output it reads (for the
@@ -27,16 +27,15 @@ from a model (:func:`derived_settings`) and what its latest run observed (:func:
 
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from multiexit.decoding.common import multi_exit_output
 from multiexit.model.config import MultiExitConfiguration
+from multiexit.seeding import seed_everything  # re-exported: callers seed before each call
 
 GenerateFn = Callable[..., torch.Tensor]
 
@@ -235,12 +234,6 @@ def parse_decoding(method: str, params: dict | None = None, search: str | None =
     search_full = _check_params(what_search, "search_params", dict(search_params or {}), found.defaults)
     _run_validate(found.validate, search_full, what_search, "search_params", list(search_params or {}))
     return DecodingSetting(method, full, search, search_full)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def generate(model, setting: DecodingSetting, input_ids, attention_mask, max_new_tokens: int, *, eos_token_id,

@@ -253,7 +253,8 @@ def run_cast_fit(model_source: str, output_dir, settings: FitCastSettings, metri
     from multiexit.model.modeling import AutoMultiExitModel
     from multiexit.inputs.models import resolve_model_source
     from multiexit.inputs.corpora import load_token_chunks
-    from multiexit.stages.train_heads import atomic_write_text, load_tokenizer, save_trained_model
+    from multiexit.io import atomic_write_text
+    from multiexit.stages.train_heads import load_tokenizer, save_trained_model
 
     s = settings
     layers, corpus, seq_len, skip_first, seed, batch_size = s.layers, s.data, s.seq_len, s.skip_first, s.seed, s.batch_size

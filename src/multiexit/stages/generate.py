@@ -37,7 +37,8 @@ import torch
 import multiexit.decoding.registry as decoding
 from multiexit.io import atomic_write_text
 from multiexit.inputs.prompts import DatasetRequest, Prompt, load_prompts
-from multiexit.decoding.registry import DecodingSetting, derived_settings, parse_decoding, seed_everything
+from multiexit.decoding.registry import DecodingSetting, derived_settings, parse_decoding
+from multiexit.seeding import seed_everything
 from multiexit.settings import Settings, check_device, setting
 
 ROW_FIELDS = ("id", "prompt", "reference", "generation", "n_new_tokens", "stop_reason")
