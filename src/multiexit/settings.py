@@ -246,7 +246,8 @@ class Settings:
                 parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
 
     @classmethod
-    def _cli_data(cls, namespace: argparse.Namespace) -> dict:
+    def values_from_args(cls, namespace: argparse.Namespace) -> dict:
+        """The :meth:`add_arguments` options given on the command line, as config values (unvalidated)."""
         hints = {f.name: annotation for f, annotation, _ in cls._fields()}
         return {name: _parse_cli(value, hints[name]) if isinstance(value, str) else value
                 for name, value in vars(namespace).items() if name in hints}
@@ -254,7 +255,7 @@ class Settings:
     @classmethod
     def from_args(cls, namespace: argparse.Namespace, key: str = ""):
         """Settings from parsed :meth:`add_arguments` options (strings parsed as JSON-like scalars / comma lists)."""
-        return cls.from_dict(cls._cli_data(namespace), key)
+        return cls.from_dict(cls.values_from_args(namespace), key)
 
     @classmethod
     def from_cli(cls, namespace: argparse.Namespace, key: str = ""):
@@ -268,7 +269,7 @@ class Settings:
                 raise ConfigError("--spec", f"not valid JSON ({err}): {namespace.spec!r}") from None
             if not isinstance(data, dict):
                 raise ConfigError("--spec", f"expected a JSON object, got {namespace.spec!r}")
-        return cls.from_dict({**data, **cls._cli_data(namespace)}, key)
+        return cls.from_dict({**data, **cls.values_from_args(namespace)}, key)
 
 
 def check_device(value: str) -> None:

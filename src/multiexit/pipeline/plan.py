@@ -13,6 +13,7 @@ touched, so planning the paper's grid is quick and offline.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,16 +218,10 @@ class Plan:
                 return run
         raise KeyError(f"no lm-eval run {model}/{task}/{variant}")
 
-    def train_options(self, model: str) -> str:
-        """Extra scripts/train_heads.py flags of ``model`` (its ``train:`` block), shell-quoted."""
-        import shlex
-
-        options = dict(self.resolve_refs(self.models[model]["train"]))
-        if self.config["resources"]["train_heads"].get("batch_size") is not None:
-            options.setdefault("batch_size", self.config["resources"]["train_heads"]["batch_size"])
-        if self.config["device"] == "cpu":
-            options.setdefault("cpu", True)
-        return " ".join(shlex.quote(part) for part in cli_options(options))
+    def train_spec(self, model: str) -> str:
+        """The head-training job's spec: its HeadTrainingSettings and DataSettings fields side by side (exits included)."""
+        training, data = self.stages["train_heads"][model]
+        return json.dumps({**training.as_dict(), **data.as_dict()}, sort_keys=True, separators=(",", ":"))
 
     def cast_layers(self, model: str) -> list[int]:
         cast = self.models[model]["cast"]
@@ -296,22 +291,6 @@ def check_model_refs(value, models: dict, key: str) -> None:
             check_model_refs(v, models, f"{key}[{i}]")
 
 
-def cli_options(options: dict) -> list[str]:
-    """``{"learning_rate": 2e-4, "cpu": True, "unfreeze_base": False}`` -> ``["--learning-rate", "0.0002", "--cpu"]``."""
-    argv: list[str] = []
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is False or value is None:
-            continue
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, ",".join(str(v) for v in value)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
 PIPELINE_DATASET_KEYS = ("shards", "new_tokens")
 
 
@@ -343,11 +322,13 @@ def build_plan(config: dict, schema: dict | str | Path) -> Plan:
 
 
 def _plan_models(plan: Plan, check_refs, stage_options) -> dict:
-    """Model checks; each model's PrepareSettings and (with a ``cast:`` block) FitCastSettings."""
+    """Model checks; each model's PrepareSettings, its head training's settings (when it trains heads) and
+    (with a ``cast:`` block) FitCastSettings."""
     from multiexit.stages.fit_cast import FitCastSettings
     from multiexit.stages.prepare import PrepareSettings
+    from multiexit.stages.train_heads.settings import train_settings
 
-    prepare, casts = {}, {}
+    prepare, training, casts = {}, {}, {}
     for name, spec in plan.models.items():
         key = f"models.{name}"
         for i, layer in enumerate(spec["exits"]):
@@ -376,10 +357,14 @@ def _plan_models(plan: Plan, check_refs, stage_options) -> dict:
                 {**stage_options("fit_cast"), "layers": plan.cast_layers(name), **plan.resolve_refs(cast["options"])},
                 f"{key}.cast.options")
         check_refs(spec["train"], f"{key}.train")
+        if plan.trains_heads(name):
+            device = {"cpu": True} if plan.config["device"] == "cpu" else {}
+            training[name] = train_settings({**stage_options("train_heads"), **device, **plan.resolve_refs(spec["train"])},
+                                             spec["exits"], f"{key}.train")
         prepare[name] = PrepareSettings.from_dict(
             {"source": spec["source"], "num_layers": spec["num_layers"], "exits": spec["exits"],
              "multi_exit_checkpoint": spec["multi_exit_checkpoint"]}, key)
-    return {"prepare": prepare, "fit_cast": casts}
+    return {"prepare": prepare, "train_heads": training, "fit_cast": casts}
 
 
 def _plan_generation(plan: Plan, check_refs, stage_options) -> dict:
