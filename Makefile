@@ -13,8 +13,6 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
-# rules run `python scripts/...`: it must be the venv's interpreter whether or not the venv is activated
-export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install demo test test-fast mutation clean-venv
 

@@ -9,7 +9,6 @@
 # key stops the run here, naming the key. See docs/pipeline.md.
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -20,7 +19,6 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from multiexit.pipeline import build_plan  # noqa: E402
-from multiexit.pipeline.grid import cli_options, to_json  # noqa: E402
 
 # The offline demo is the default config; with --configfile only the given files count (Snakemake
 # would otherwise merge their `models`/`datasets` mappings into the demo's).
@@ -33,9 +31,21 @@ PLAN = build_plan(
     config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 )
 config.update(PLAN.config)  # defaults filled in
-R = PLAN.results
+LAYOUT = PLAN.layout  # every output path template (multiexit.pipeline.layout)
 ENV = "../envs/multiexit.yaml"  # relative to workflow/rules/*.smk
 SCRIPTS = os.path.relpath(Path(workflow.basedir) / "scripts")
+
+
+# Jobs run `python scripts/...`: the interpreter Snakemake runs under comes first on their PATH, so
+# no venv needs to be activated; with --software-deployment-method conda the activated env's own
+# python comes before it.
+envvars:
+    "PATH",
+
+
+os.environ["PATH"] = os.pathsep.join(
+    [os.path.dirname(sys.executable), os.environ["PATH"]]
+)
 
 
 wildcard_constraints:

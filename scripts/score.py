@@ -13,30 +13,31 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
+KEYS = {
+    "metrics": "list from diversity, mauve, coherence, length, perplexity",
+    "ns": "n-gram sizes of rep-n",
+    "featurizer": "MAUVE featurizer LM: Hub name or local folder (gpt2-large selectable)",
+    "mauve_max_tokens": "reference and generation cut to this many featurizer tokens; shorter pairs dropped",
+    "mauve_scaling_factor": "MAUVE scaling factor",
+    "mauve_seed": "k-means seed",
+    "mauve_num_buckets": "'auto' (= n/10) or an integer",
+    "coherence_model": "SimCSE Hub name / folder (CLS pooler output) or a sentence-transformers folder",
+    "perplexity_model": "evaluator LM for metric 'perplexity' (required with it)",
+    "batch_size": "featurizer / encoder batch size",
+    "device": "auto, cpu, cuda, ...",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from multiexit.stages.score import ScoreSettings
+
+    defaults = ScoreSettings().as_dict()
+    keys = "".join(f"  {name:<21} {KEYS[name]}\n  {'':<21} (default {json.dumps(defaults[name])})\n" for name in defaults)
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            "--settings keys (JSON object; every key optional):\n"
-            "  metrics               list from diversity, mauve, coherence, length, perplexity\n"
-            "                        (default [diversity, mauve, coherence, length])\n"
-            "  ns                    n-gram sizes of rep-n (default [2, 3, 4])\n"
-            "  featurizer            MAUVE featurizer LM: Hub name or local folder (default gpt2; gpt2-large selectable)\n"
-            "  mauve_max_tokens      reference and generation cut to this many featurizer tokens; shorter pairs dropped (128)\n"
-            "  mauve_scaling_factor  MAUVE scaling factor (5)\n"
-            "  mauve_seed            k-means seed (25)\n"
-            "  mauve_num_buckets     'auto' (= n/10) or an integer\n"
-            "  coherence_model       SimCSE Hub name / folder or a sentence-transformers folder\n"
-            "                        (default princeton-nlp/sup-simcse-bert-base-uncased)\n"
-            "  coherence_max_tokens  encoder truncation in tokens (128, as SimCSE's tool)\n"
-            "  coherence_pooler      auto (SimCSE: CLS hidden state if 'unsup' in the name, else pooler output), cls,\n"
-            "                        cls_before_pooler\n"
-            "  perplexity_model      evaluator LM for metric 'perplexity' (required with it)\n"
-            "  bootstrap_resamples   resamples of the 95% bootstrap interval over prompts (1000)\n"
-            "  bootstrap_seed        its seed (0)\n"
-            "  batch_size            featurizer / encoder batch size (16)\n"
-            "  device                auto, cpu, cuda, ... (auto)\n\n"
+            "--settings keys (JSON object; every key optional):\n" + keys + "\n"
             "Output keys: rep_{n}_simctg / diversity_simctg (SimCTG's measure_repetition_and_diversity on the whole\n"
             "list, as SimCTG and Contrastive Decoding report it), rep_{n}_per_text / diversity_per_text (the same\n"
             "function on each text alone, too-short texts scored 0, mean over texts: the ACD authors' code),\n"
@@ -56,17 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from multiexit.stages.generate import atomic_write_text, meta_path, read_jsonl
+    from multiexit.io import atomic_write_text
+    from multiexit.stages.generate import meta_path, read_jsonl
     from multiexit.stages.score import ScoreSettings, check_rows, score_rows, setting_values
 
     try:
-        try:
-            raw = json.loads(args.settings)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--settings is not valid JSON ({err}): {args.settings!r}") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"--settings must be a JSON object, got {args.settings!r}")
-        settings = ScoreSettings.from_dict(raw)
+        settings = ScoreSettings.from_json(args.settings, "--settings")
         if not Path(args.generations).is_file():
             raise ValueError(f"--generations: file not found: {args.generations}")
         rows = read_jsonl(args.generations)

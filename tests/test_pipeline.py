@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "tiny_config.yaml"
 PAPER = REPO / "config" / "paper.yaml"
 DEMO = REPO / "config" / "config.yaml"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
@@ -63,7 +64,7 @@ def test_paper_config_dry_run_plans_every_job_offline():
 
 
 def test_paper_plan_paths_and_expansion():
-    plan = build_plan(load_config_files(PAPER))
+    plan = build_plan(load_config_files(PAPER), SCHEMA)
     labels = [s.label for s in plan.settings["gpt2-medium"]]
     assert "acd-original-12-a0.1" in labels and "acd-24-12-a0.1" in labels
     assert [f"exit-{layer}" for layer in range(2, 25, 2)] == [label for label in labels if label.startswith("exit-")]
@@ -76,21 +77,23 @@ def test_paper_plan_paths_and_expansion():
     assert plan.resolve_refs(cd.params)["amateur"] == "results/paper/gpt2/base"
     assert "gpt2" not in plan.settings  # an amateur-only model generates nothing
     variants = {r.variant for r in plan.lm_eval_runs if r.model == "gpt-neo-125m"}
-    assert variants == {"original", "acd-original-12"} | {f"exit-{layer}" for layer in range(2, 13, 2)}
+    # lm_eval.acd is set per model: GPT-Neo-125M's amateur is its exit 6 (GPT-2 Medium's is 12)
+    assert variants == {"original", "acd-original-6"} | {f"exit-{layer}" for layer in range(2, 13, 2)}
+    assert {r.variant for r in plan.lm_eval_runs if r.model == "gpt2-medium" and r.variant.startswith("acd")} == {"acd-original-12"}
 
 
 def test_grids_multiply_and_seeds_suffix():
     config = _tiny()
     config["seeds"] = [0, 1]
     config["decoding"] = [{"method": "acd", "params": {"upper": "original", "lower": "exits", "alpha": [0.1, 0.5]}}]
-    plan = build_plan(config)
+    plan = build_plan(config, SCHEMA)
     labels = sorted(s.label for s in plan.settings["smollm2"])
     assert labels == sorted(f"acd-original-{layer}-a{alpha}-seed{seed}"
                             for layer in (6, 15) for alpha in (0.1, 0.5) for seed in (0, 1))
 
 
 def test_demo_config_is_valid_and_needs_no_second_model():
-    plan = build_plan(load_config_files(DEMO))
+    plan = build_plan(load_config_files(DEMO), SCHEMA)
     methods = {s.method for items in plan.settings.values() for s in items}
     assert "contrastive_decoding" not in methods
     assert {"greedy", "top_k", "top_p", "typical", "exit", "acd", "contrastive_search", "dola"} <= methods
@@ -139,7 +142,7 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("what,path,value,key", BAD_CONFIGS, ids=[case[0] for case in BAD_CONFIGS])
 def test_bad_config_is_rejected_naming_the_key(what, path, value, key):
     with pytest.raises(ConfigError) as info:
-        build_plan(_set(_tiny(), path, value))
+        build_plan(_set(_tiny(), path, value), SCHEMA)
     assert info.value.key == key, str(info.value)
     assert f"config key '{key}'" in str(info.value)
 

@@ -358,7 +358,7 @@ def test_train_block_maps_onto_the_two_settings_classes():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     set_by_the_rule = {"model", "exits", "output_dir", "metrics", "loss_plot", "loss_csv", "loss_json", "checkpoint_dir",
-                       "help"}
+                       "help", "spec"}
     renamed = {"unfreeze_base": "freeze_base"}
     fields = set(HeadTrainingSettings.field_names()) | set(DataSettings.field_names())
     for action in module.build_parser()._actions:

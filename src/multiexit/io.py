@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -32,6 +33,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_open(path) as handle:
         handle.write(text)
     return Path(path)
+
+
+def atomic_write_json(path: str | Path, value) -> Path:
+    """``value`` as indented JSON with sorted keys (a stable file for the same value)."""
+    return atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 @contextlib.contextmanager

@@ -17,7 +17,8 @@ one default, a help text, and (optionally) its allowed range or choices::
   default exists once, in the dataclass.
 
 Types understood in annotations: ``int``, ``float``, ``bool``, ``str``, ``X | None``, ``X | Y`` of
-those, and ``tuple[X, ...]`` / ``list[X]`` of scalars (JSON lists; on the command line comma-separated).
+those, ``tuple[X, ...]`` / ``list[X]`` of scalars (JSON lists; on the command line comma-separated),
+and ``dict`` (a JSON object, also on the command line).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def _type_name(annotation) -> str:
             inner = typing.get_args(option)[0]
             names.append(f"a list of {_type_name(inner)}")
         else:
-            names.append({int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(option, str(option)))
+            names.append({int: "an integer", float: "a number", bool: "true/false", str: "a string",
+                          dict: "a mapping"}.get(option, str(option)))
     return " or ".join(names)
 
 
@@ -115,6 +117,10 @@ def _convert(value, annotation):
         if option is str:
             if isinstance(value, str):
                 return value
+            continue
+        if option is dict:
+            if isinstance(value, dict):
+                return dict(value)
             continue
         if option is Any:
             return value
@@ -187,6 +193,29 @@ class Settings:
             raise (ConfigError(_join_key(key, name), message) if name in names else ConfigError(key or "<settings>", str(err))) from None
         return made
 
+    @classmethod
+    def error_for(cls, message: str, key: str = "", data: dict | None = None) -> ConfigError:
+        """A ConfigError for ``message`` naming ``key`` and the field (or key of ``data``) the message mentions first."""
+        import re
+
+        names = [*cls.field_names(), *(data if isinstance(data, dict) else ())]
+        spots = [(m.start(), name) for name in names for m in [re.search(rf"(?<![A-Za-z0-9_]){name}(?![A-Za-z0-9_])", message)] if m]
+        name = min(spots)[1] if spots else None
+        return ConfigError(_join_key(key, name) if name else (key or "<settings>"), message)
+
+    @classmethod
+    def check_value(cls, name: str, value, key: str):
+        """``value`` checked and converted as field ``name`` (types, range, choices); ConfigError naming ``key``."""
+        for f, annotation, meta in cls._fields():
+            if f.name == name:
+                try:
+                    value = _convert(value, annotation)
+                    _check_value(value, meta)
+                except (TypeError, ValueError) as err:
+                    raise ConfigError(key, str(err)) from None
+                return value
+        raise KeyError(f"{cls.__name__} has no setting {name!r}")
+
     def as_dict(self) -> dict:
         """JSON-ready values of every field (tuples as lists)."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -217,14 +246,42 @@ class Settings:
                 parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
 
     @classmethod
+    def values_from_args(cls, namespace: argparse.Namespace) -> dict:
+        """The :meth:`add_arguments` options given on the command line, as config values (unvalidated)."""
+        hints = {f.name: annotation for f, annotation, _ in cls._fields()}
+        return {name: _parse_cli(value, hints[name]) if isinstance(value, str) else value
+                for name, value in vars(namespace).items() if name in hints}
+
+    @classmethod
     def from_args(cls, namespace: argparse.Namespace, key: str = ""):
         """Settings from parsed :meth:`add_arguments` options (strings parsed as JSON-like scalars / comma lists)."""
+        return cls.from_dict(cls.values_from_args(namespace), key)
+
+    @classmethod
+    def from_cli(cls, namespace: argparse.Namespace, key: str = ""):
+        """Settings from a script's ``--spec`` JSON object (``namespace.spec``, may be None) with the
+        :meth:`add_arguments` options given on the command line on top."""
         data = {}
-        hints = {f.name: annotation for f, annotation, _ in cls._fields()}
-        for name, value in vars(namespace).items():
-            if name in hints:
-                data[name] = _parse_cli(value, hints[name]) if isinstance(value, str) else value
-        return cls.from_dict(data, key)
+        if getattr(namespace, "spec", None):
+            try:
+                data = json.loads(namespace.spec)
+            except json.JSONDecodeError as err:
+                raise ConfigError("--spec", f"not valid JSON ({err}): {namespace.spec!r}") from None
+            if not isinstance(data, dict):
+                raise ConfigError("--spec", f"expected a JSON object, got {namespace.spec!r}")
+        return cls.from_dict({**data, **cls.values_from_args(namespace)}, key)
+
+
+def check_device(value: str) -> None:
+    """``auto`` or a device string torch can parse (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...)."""
+    if value == "auto":
+        return
+    import torch
+
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"not a torch device ({err}): {value!r}") from None
 
 
 def _jsonable(value):
@@ -254,10 +311,15 @@ def _parse_scalar(text: str, annotation):
 
 def _parse_cli(text: str, annotation):
     for option in _options(annotation):
+        if option is dict:
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ConfigError("<command line>", f"not valid JSON ({err}): {text!r}") from None
         if typing.get_origin(option) in (tuple, list):
             inner = typing.get_args(option)[0]
             return [_parse_scalar(part.strip(), inner) for part in text.split(",") if part.strip()]
     return _parse_scalar(text, annotation)
 
 
-__all__ = ["ConfigError", "Settings", "setting"]
+__all__ = ["ConfigError", "Settings", "check_device", "setting"]

@@ -16,10 +16,6 @@ def stage_resources(stage):
     return out
 
 
-def batch_size(stage):
-    return PLAN.config["resources"][stage]["batch_size"]
-
-
 def generation_inputs(wc):
     setting = PLAN.setting(wc.model, wc.label)
     return {
@@ -38,7 +34,7 @@ def score_inputs(wc):
 
 def table_inputs(wc):
     return {
-        "manifest": f"{R}/manifest.json",
+        "manifest": LAYOUT.manifest,
         "scores": [row["scores"] for row in PLAN.manifest()["generations"]],
         "lm_eval": [row["path"] for row in PLAN.manifest()["lm_eval"]],
         "training": [PLAN.training_report(m) for m in PLAN.training_models()],
@@ -47,7 +43,7 @@ def table_inputs(wc):
 
 
 def figure_output(name, fmt):
-    path = f"{R}/figures/{name}.{fmt}"
+    path = LAYOUT.path("figure", figure=name, format=fmt)
     if fmt == "png":
         return report(path, caption=f"../report/{name}.rst", category="Figures")
     return path

@@ -12,9 +12,9 @@ rule figures:
             for fmt in PLAN.config["figures"]["formats"]
         ],
     log:
-        f"{R}/logs/figures.log",
+        LAYOUT.log("figures"),
     benchmark:
-        f"{R}/benchmarks/figures.tsv"
+        LAYOUT.benchmark("figures")
     conda:
         ENV
     threads: stage_threads("figures")

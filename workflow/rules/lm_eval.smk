@@ -1,16 +1,16 @@
 # Stage 6: lm-eval benchmarks (scripts/lm_eval_run.py, model multi_exit) of each model's original
 # head, single exits and ACD pairs: results/<model>/lm_eval/<task>/<variant>.json, where variant
 # is original, exit-<layer> or acd-<upper>-<lower>. Local LAMBADA-style tasks without a data file
-# are built first from real news text by scripts/make_lambada_local.py.
+# are built first from real news text by scripts/make_lambada_local.py (a LambadaBuildSettings spec).
 
 
 rule build_lm_eval_data:
     output:
-        f"{R}/lm_eval_data/{{task}}.jsonl",
+        LAYOUT.lm_eval_data,
     log:
-        f"{R}/logs/build_lm_eval_data/{{task}}.log",
+        LAYOUT.log("build_lm_eval_data"),
     benchmark:
-        f"{R}/benchmarks/build_lm_eval_data/{{task}}.tsv"
+        LAYOUT.benchmark("build_lm_eval_data")
     conda:
         ENV
     threads: 1
@@ -18,14 +18,9 @@ rule build_lm_eval_data:
         **stage_resources("tables"),
     params:
         script=f"{SCRIPTS}/make_lambada_local.py",
-        options=lambda wc: " ".join(
-            shlex.quote(part)
-            for part in cli_options(
-                PLAN.resolve_refs(PLAN.lm_eval_task(wc.task).get("build") or {})
-            )
-        ),
+        spec=lambda wc: PLAN.lambada_spec(wc.task),
     shell:
-        "python {params.script} --output {output:q} {params.options}" " > {log:q} 2>&1"
+        "python {params.script} --output {output:q} --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule lm_eval:
@@ -33,11 +28,11 @@ rule lm_eval:
         model=lambda wc: PLAN.model_dir(wc.model),
         data=lambda wc: PLAN.lm_eval_task_inputs(wc.task),
     output:
-        f"{R}/{{model}}/lm_eval/{{task}}/{{variant}}.json",
+        LAYOUT.lm_eval,
     log:
-        f"{R}/logs/lm_eval/{{model}}/{{task}}/{{variant}}.log",
+        LAYOUT.log("lm_eval"),
     benchmark:
-        f"{R}/benchmarks/lm_eval/{{model}}/{{task}}/{{variant}}.tsv"
+        LAYOUT.benchmark("lm_eval")
     conda:
         ENV
     threads: stage_threads("lm_eval")
@@ -45,11 +40,7 @@ rule lm_eval:
         **stage_resources("lm_eval"),
     params:
         script=f"{SCRIPTS}/lm_eval_run.py",
-        model_args=lambda wc: PLAN.lm_eval_model_args(wc.model, wc.task, wc.variant),
-        task=lambda wc: PLAN.lm_eval_task_spec(wc.task),
-        options=PLAN.lm_eval_options(),
-        seed=config["seeds"][0],
+        spec=lambda wc: PLAN.lm_eval_spec(wc.model, wc.task, wc.variant),
     shell:
-        "python {params.script} --model-args {params.model_args:q}"
-        " --tasks {params.task:q} --output {output:q} {params.options}"
-        " --seed {params.seed} --threads {threads} > {log:q} 2>&1"
+        "python {params.script} --spec {params.spec:q} --output {output:q}"
+        " --threads {threads} > {log:q} 2>&1"

@@ -5,11 +5,11 @@
 
 rule prepare_model:
     output:
-        directory(f"{R}/{{model}}/base"),
+        directory(LAYOUT.base),
     log:
-        f"{R}/logs/prepare_model/{{model}}.log",
+        LAYOUT.log("prepare_model"),
     benchmark:
-        f"{R}/benchmarks/prepare_model/{{model}}.tsv"
+        LAYOUT.benchmark("prepare_model")
     conda:
         ENV
     threads: stage_threads("prepare_model")
@@ -17,19 +17,6 @@ rule prepare_model:
         **stage_resources("prepare_model"),
     params:
         script=f"{SCRIPTS}/prepare_model.py",
-        source=lambda wc: PLAN.models[wc.model]["source"],
-        num_layers=lambda wc: PLAN.models[wc.model]["num_layers"],
-        exits=lambda wc: (
-            f"--exits {shlex.quote(';'.join(map(str, PLAN.models[wc.model]['exits'])))}"
-            if PLAN.models[wc.model]["exits"]
-            else ""
-        ),
-        checkpoint=lambda wc: (
-            "--multi-exit-checkpoint"
-            if PLAN.models[wc.model]["multi_exit_checkpoint"]
-            else ""
-        ),
+        spec=lambda wc: PLAN.prepare_spec(wc.model),
     shell:
-        "python {params.script} --source {params.source:q} --output {output:q}"
-        " --num-layers {params.num_layers} {params.exits} {params.checkpoint}"
-        " > {log:q} 2>&1"
+        "python {params.script} --spec {params.spec:q} --output {output:q} > {log:q} 2>&1"

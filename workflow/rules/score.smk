@@ -1,16 +1,16 @@
-# Stage 5: metrics of one (model, setting, dataset) over all its shards:
-# (the merged shards, or the single shard), diversity (both conventions), MAUVE, coherence, lengths -> results/<model>/scores/<dataset>/<label>.json
+# Stage 5: metrics of one (model, setting, dataset) over all its shards (the merged shards, or the
+# single shard): diversity (both conventions), MAUVE, coherence, lengths; one ScoreSettings spec.
 
 
 rule score:
     input:
         unpack(score_inputs),
     output:
-        f"{R}/{{model}}/scores/{{dataset}}/{{label}}.json",
+        LAYOUT.scores,
     log:
-        f"{R}/logs/score/{{model}}/{{dataset}}/{{label}}.log",
+        LAYOUT.log("score"),
     benchmark:
-        f"{R}/benchmarks/score/{{model}}/{{dataset}}/{{label}}.tsv"
+        LAYOUT.benchmark("score")
     conda:
         ENV
     threads: stage_threads("score")
@@ -18,7 +18,7 @@ rule score:
         **stage_resources("score"),
     params:
         script=f"{SCRIPTS}/score.py",
-        settings=lambda wc: to_json(PLAN.score_settings(wc.model, wc.dataset)),
+        settings=PLAN.score_spec(),
     shell:
         "python {params.script} --generations {input.generations:q}"
         " --settings {params.settings:q} --threads {threads}"

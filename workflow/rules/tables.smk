@@ -8,15 +8,15 @@ localrules:
 
 rule manifest:
     output:
-        f"{R}/manifest.json",
+        LAYOUT.manifest,
     log:
-        f"{R}/logs/manifest.log",
+        LAYOUT.log("manifest"),
     params:
         manifest=lambda wc: PLAN.manifest(),
     run:
-        from multiexit.pipeline.grid import write_json_atomic
+        from multiexit.io import atomic_write_json
 
-        write_json_atomic(output[0], params.manifest)
+        atomic_write_json(output[0], params.manifest)
 
 
 rule tables:
@@ -24,26 +24,26 @@ rule tables:
         unpack(table_inputs),
     output:
         csv=report(
-            PLAN.table_paths()["csv"],
+            LAYOUT.table_csv,
             caption="../report/results_csv.rst",
             category="Tables",
         ),
         generation_md=report(
-            PLAN.table_paths()["generation_md"],
+            LAYOUT.table_generation_md,
             caption="../report/generation_table.rst",
             category="Tables",
         ),
-        generation_tex=PLAN.table_paths()["generation_tex"],
+        generation_tex=LAYOUT.table_generation_tex,
         benchmarks_md=report(
-            PLAN.table_paths()["benchmarks_md"],
+            LAYOUT.table_benchmarks_md,
             caption="../report/benchmarks_table.rst",
             category="Tables",
         ),
-        benchmarks_tex=PLAN.table_paths()["benchmarks_tex"],
+        benchmarks_tex=LAYOUT.table_benchmarks_tex,
     log:
-        f"{R}/logs/tables.log",
+        LAYOUT.log("tables"),
     benchmark:
-        f"{R}/benchmarks/tables.tsv"
+        LAYOUT.benchmark("tables")
     conda:
         ENV
     threads: stage_threads("tables")

@@ -27,6 +27,8 @@ from typing import Iterator
 
 import numpy as np
 
+from multiexit.settings import Settings
+
 
 @dataclass(frozen=True)
 class CatalogEntry:
@@ -80,7 +82,7 @@ CATALOG: dict[str, CatalogEntry] = {
 
 
 @dataclass(frozen=True)
-class DatasetRequest:
+class DatasetRequest(Settings):
     """Which documents to read and how to turn them into prompts (all JSON-serialisable).
 
     ``name`` is a :data:`CATALOG` key; any other field overrides the catalog entry
@@ -102,7 +104,15 @@ class DatasetRequest:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DatasetRequest":
+    def from_dict(cls, data: dict, key: str = "") -> "DatasetRequest":
+        """Validated request; a ConfigError (a ValueError) naming ``key`` and the bad field."""
+        try:
+            return cls._from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise cls.error_for(str(err), key, data) from None
+
+    @classmethod
+    def _from_dict(cls, data: dict) -> "DatasetRequest":
         if not isinstance(data, dict):
             raise ValueError(f"dataset: expected a JSON object, got {type(data).__name__}")
         valid = [f.name for f in fields(cls)]

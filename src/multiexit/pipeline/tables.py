@@ -1,7 +1,7 @@
 """Collect every pipeline result into one tidy table and render the paper-style tables.
 
 Inputs come from the manifest the pipeline writes (``results/manifest.json``, see
-:meth:`multiexit.pipeline.grid.Plan.manifest`): score JSONs of generation runs, lm-eval results
+:meth:`multiexit.pipeline.plan.Plan.manifest`): score JSONs of generation runs, lm-eval results
 JSONs, and the head-training reports. Output:
 
 * ``results.csv`` -- tidy: one row per (kind, model, dataset/task, setting/variant, seed, metric) with

@@ -21,6 +21,7 @@ from torch import nn
 
 from multiexit.model.config import ORIGINAL, VocabularyProjectionMode
 from multiexit.model.modeling import cast_name
+from multiexit.settings import Settings, check_device, setting
 
 
 @dataclass
@@ -204,28 +205,44 @@ def add_cast_matrices(model, weights: dict[int, torch.Tensor]) -> None:
         model.config.lm_head_layer_indices = list(cast_layers)
 
 
-def run_cast_fit(
-    model_source: str,
-    output_dir,
-    layers: Sequence[int] | str,
-    corpus: str = "lee_background",
-    seq_len: int = 128,
-    num_positions: int = 25_000,
-    heldout_positions: int = 5_000,
-    corpus_tokens: int | None = None,
-    seed: int = 0,
-    batch_size: int = 8,
-    ridge: float = 0.0,
-    skip_first: int = 1,
-    tokenizer_source: str | None = None,
-    metrics_path=None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    eval_tokens: int = 0,
-) -> dict:
+def _check_corpus(spec: str) -> None:
+    from multiexit.inputs.corpora import validate_corpus_spec
+
+    validate_corpus_spec(spec)
+
+
+@dataclass(frozen=True)
+class FitCastSettings(Settings):
+    """Settings of one cast fit (the pipeline's ``cast.layers`` and ``cast.options``; ``scripts/fit_cast.py``'s options)."""
+
+    layers: tuple[int, ...] = setting(help="layers to fit casts for (1..L-1)", minimum=1)
+    data: str = setting("lee_background", "corpus spec: wikitext-103, cc100[:lang], hub:..., lee_background, or a local file/folder",
+                        check=_check_corpus)
+    tokenizer: str | None = setting(None, "tokenizer source if the model folder has none ('gpt2' = offline GPT-2 tokenizer)")
+    seq_len: int = setting(128, "tokens per text chunk the model reads", minimum=2)
+    num_positions: int = setting(25_000, "token positions used for the fit, per layer", minimum=1)
+    heldout_positions: int = setting(5_000, "other positions for the held-out R^2", minimum=1)
+    corpus_tokens: int | None = setting(None, "tokens to read from the corpus (default: just enough for the positions)", minimum=1)
+    eval_tokens: int = setting(0, "hold out the first documents (as train_heads does) and report each exit's held-out CE / "
+                                  "top-1 through its cast and the logit lens (0: off)", minimum=0)
+    skip_first: int = setting(1, "leading positions of each chunk never sampled (1: the attention-sink position)", minimum=0)
+    ridge: float = setting(0.0, "ridge penalty (per position) for the least-squares fit", minimum=0)
+    batch_size: int = setting(16, "chunks per forward pass", minimum=1)
+    seed: int = setting(0, "seed of corpus shuffling and position sampling")
+    device: str = setting("cpu", "torch device (auto: cuda if available, else cpu)", check=check_device)
+    dtype: str = setting("float32", "model dtype (auto: bfloat16 on a bf16 GPU, else float32)", choices=("auto", "float32", "bfloat16", "float16"))
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("layers: expected at least one cast layer")
+        if self.skip_first >= self.seq_len:
+            raise ValueError(f"skip_first: must be below seq_len ({self.seq_len}), got {self.skip_first}")
+
+
+def run_cast_fit(model_source: str, output_dir, settings: FitCastSettings, metrics_path=None) -> dict:
     """Load ``model_source`` (a base model or a multi-exit checkpoint), fit casts, save model + casts to ``output_dir``.
 
-    With ``eval_tokens`` > 0 the first documents (the same held-out slice that ``train_heads`` uses with
+    With ``settings.eval_tokens`` > 0 the first documents (the same held-out slice that ``train_heads`` uses with
     the same corpus, seed and seq_len) are kept out of the fit, and the next-token cross-entropy /
     top-1 accuracy of each exit read through its cast and through the logit lens are reported on them.
     """
@@ -233,29 +250,26 @@ def run_cast_fit(
     from pathlib import Path
 
     from multiexit.model.config import MultiExitConfiguration
-    from multiexit.inputs.models import check_dtype_name, load_model, resolve_model_source
-    from multiexit.inputs.corpora import load_token_chunks, validate_corpus_spec
+    from multiexit.inputs.models import load_model, resolve_model_source
+    from multiexit.inputs.corpora import load_token_chunks
     from multiexit.io import atomic_write_text
     from multiexit.stages.train_heads import load_tokenizer, save_trained_model
 
-    if isinstance(layers, str):
-        layers = [int(v) for v in layers.replace(";", ",").split(",") if v.strip()]
-    if not layers:
-        raise ValueError("layers: expected at least one cast layer")
-    check_dtype_name(dtype)
-    validate_corpus_spec(corpus)
+    s = settings
+    layers, corpus, seq_len, skip_first, seed, batch_size = s.layers, s.data, s.seq_len, s.skip_first, s.seed, s.batch_size
+    num_positions, heldout_positions, eval_tokens = s.num_positions, s.heldout_positions, s.eval_tokens
     source = resolve_model_source(model_source)
-    tokenizer = load_tokenizer(source, tokenizer_source)
-    model, _ = load_model(source, device=device, dtype=dtype, multi_exit_config=MultiExitConfiguration(), tokenizer=False)
+    tokenizer = load_tokenizer(source, s.tokenizer)
+    model, _ = load_model(source, device=s.device, dtype=s.dtype, multi_exit_config=MultiExitConfiguration(), tokenizer=False)
     top = model.num_exit_layers
     bad = [l for l in layers if not 1 <= l < top]
     if bad:
         raise ValueError(f"layers: cast layers must be in 1..{top - 1}, got {bad}")
     usable = seq_len - skip_first
-    needed = corpus_tokens or int((num_positions + heldout_positions) * seq_len / usable * 1.05) + seq_len
+    needed = s.corpus_tokens or int((num_positions + heldout_positions) * seq_len / usable * 1.05) + seq_len
     chunks = load_token_chunks(corpus, tokenizer, seq_len, train_tokens=needed, eval_tokens=eval_tokens, seed=seed)
     result = fit_cast_matrices(model, chunks.train, layers, num_positions=num_positions, heldout_positions=heldout_positions,
-                               seed=seed, batch_size=batch_size, ridge=ridge, skip_first=skip_first)
+                               seed=seed, batch_size=batch_size, ridge=s.ridge, skip_first=skip_first)
     add_cast_matrices(model, result.weights)
     metrics = {"model": model_source, "corpus": chunks.summary(), **result.metrics}
     if eval_tokens:

@@ -29,7 +29,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
@@ -43,6 +43,7 @@ from multiexit.inputs.models import check_dtype_name, dtype_name, load_model
 from multiexit.inputs.prompts import DatasetRequest, Prompt, load_prompts
 from multiexit.decoding.registry import DecodingSetting, derived_settings, parse_decoding
 from multiexit.seeding import seed_everything
+from multiexit.settings import Settings, check_device, setting
 
 ROW_FIELDS = ("id", "prompt", "reference", "generation", "n_new_tokens", "stop_reason")
 
@@ -104,6 +105,43 @@ def library_versions() -> dict:
 # ------------------------------------------------------------------------------ the run
 
 
+DTYPE_CHOICES = ("auto", *_DTYPES)
+
+
+def _check_method(value: str) -> None:
+    if value not in decoding.METHODS:
+        raise ValueError(f"unknown decoding method {value!r}; valid methods: {', '.join(sorted(decoding.METHODS))}")
+
+
+@dataclass(frozen=True)
+class GenerateSettings(Settings):
+    """One generation job: the decoding setting, the prompt set and how to run it (the rule's ``--spec``).
+
+    Every default of the generation stage lives here (the pipeline's ``resources.generate.batch_size``
+    and ``device`` only override them).
+    """
+
+    method: str = setting(help="decoding method name (see the list below)", check=_check_method)
+    dataset: dict = setting(help='prompt set as a JSON object, e.g. \'{"name": "wikitext-103", "num_prompts": 2000}\'')
+    params: dict | None = setting(None, "decoding parameters as a JSON object (default: the method's defaults)")
+    seed: int = setting(0, "generation seed; shard i is seeded from (seed, i)")
+    num_shards: int = setting(1, "number of contiguous prompt shards", minimum=1)
+    shard: int | None = setting(None, "the shard to produce (0-based); may be left out when num_shards is 1", minimum=0)
+    max_new_tokens: int = setting(256, "new tokens per prompt", minimum=1)
+    batch_size: int = setting(32, "prompts per left-padded batch", minimum=1)
+    device: str = setting("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...", check=check_device)
+    dtype: str = setting("auto", "model weights dtype (auto: bfloat16 on a bf16 GPU, else float32)", choices=DTYPE_CHOICES)
+
+    def __post_init__(self) -> None:
+        if self.shard is not None and self.shard >= self.num_shards:
+            raise ValueError(f"shard: must be in 0..{self.num_shards - 1}, got {self.shard}")
+
+    def make_run(self, model: str) -> "GenerationRun":
+        """The run of ``model`` with these settings (decoding and dataset validated here)."""
+        return make_run(model, self.method, self.params, self.dataset, seed=self.seed, max_new_tokens=self.max_new_tokens,
+                        batch_size=self.batch_size, num_shards=self.num_shards, dtype=self.dtype)
+
+
 @dataclass
 class GenerationRun:
     """Everything that decides the content of a generation file (and so its fingerprint)."""
@@ -111,11 +149,11 @@ class GenerationRun:
     model: str
     setting: DecodingSetting
     dataset: DatasetRequest
-    seed: int = 0
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    num_shards: int = 1
-    dtype: str = "auto"
+    seed: int
+    max_new_tokens: int
+    batch_size: int
+    num_shards: int
+    dtype: str
 
     def __post_init__(self) -> None:
         for key in ("max_new_tokens", "batch_size", "num_shards"):
@@ -430,14 +468,22 @@ def make_run(
     dataset: DatasetRequest | dict,
     **kwargs,
 ) -> GenerationRun:
-    """Validate everything (decoding name/params, dataset request, sizes) before any model work."""
+    """Validate everything (decoding name/params, dataset request, sizes) before any model work.
+
+    ``kwargs`` not given take :class:`GenerateSettings`' defaults.
+    """
     setting = parse_decoding(method, params)
     request = dataset if isinstance(dataset, DatasetRequest) else DatasetRequest.from_dict(dataset)
     request.validate()
-    return GenerationRun(model=model, setting=setting, dataset=request, **kwargs)
+    defaults = {f.name: f.default for f in fields(GenerateSettings) if f.name in _RUN_FIELDS}
+    return GenerationRun(model=model, setting=setting, dataset=request, **{**defaults, **kwargs})
+
+
+_RUN_FIELDS = ("seed", "max_new_tokens", "batch_size", "num_shards", "dtype")
 
 
 __all__ = [
+    "GenerateSettings",
     "GenerationRun",
     "ROW_FIELDS",
     "atomic_write_text",

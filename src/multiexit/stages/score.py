@@ -40,6 +40,8 @@ from typing import Sequence
 
 import numpy as np
 
+from multiexit.settings import Settings, check_device
+
 DEFAULT_NS = (2, 3, 4)
 DEFAULT_FEATURIZER = "gpt2"
 DEFAULT_COHERENCE_MODEL = "princeton-nlp/sup-simcse-bert-base-uncased"
@@ -377,8 +379,8 @@ ALL_METRICS = ("diversity", "mauve", "coherence", "length", "perplexity")
 
 
 @dataclass(frozen=True)
-class ScoreSettings:
-    """Settings of :func:`score_rows` (JSON object on the command line)."""
+class ScoreSettings(Settings):
+    """Settings of :func:`score_rows` (JSON object on the command line; the pipeline's ``metrics`` block)."""
 
     metrics: tuple[str, ...] = ("diversity", "mauve", "coherence", "length")
     ns: tuple[int, ...] = DEFAULT_NS
@@ -393,11 +395,19 @@ class ScoreSettings:
     perplexity_model: str | None = None
     bootstrap_resamples: int = 1000
     bootstrap_seed: int = 0
-    batch_size: int = 16
+    batch_size: int = 32
     device: str = "auto"
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "ScoreSettings":
+    def from_dict(cls, data: dict | None, key: str = "") -> "ScoreSettings":
+        """Validated settings; a ConfigError (a ValueError) naming ``key`` and the bad setting."""
+        try:
+            return cls._from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise cls.error_for(str(err), key, data) from None
+
+    @classmethod
+    def _from_dict(cls, data: dict | None) -> "ScoreSettings":
         data = dict(data or {})
         valid = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(valid))
@@ -428,6 +438,10 @@ class ScoreSettings:
                 raise ValueError(f"score settings: {key} must be a positive integer, got {value!r}")
         if isinstance(settings.bootstrap_seed, bool) or not isinstance(settings.bootstrap_seed, int) or settings.bootstrap_seed < 0:
             raise ValueError(f"score settings: bootstrap_seed must be a non-negative integer, got {settings.bootstrap_seed!r}")
+        try:
+            check_device(settings.device)
+        except ValueError as err:
+            raise ValueError(f"score settings: device {err}") from None
         return settings
 
     def as_dict(self) -> dict:

@@ -5,17 +5,15 @@ Importing this package imports lm-eval (and torch/transformers) and registers th
 ``python -m multiexit.stages.lm_eval ...`` is lm-eval's own command line with the model registered.
 """
 
-from multiexit.stages.lm_eval.lambada_local import build_lambada_examples, default_sources, write_jsonl
+from multiexit.stages.lm_eval.lambada_local import LambadaBuildSettings, build_lambada_examples, default_sources, write_jsonl
 from multiexit.stages.lm_eval.local_tasks import LOCAL_TASK_KINDS, TASKS_DIR, local_task_config, parse_task_spec, write_task_yaml
 from multiexit.stages.lm_eval.model import MultiExitLM, known_model_args
-from multiexit.stages.lm_eval.runner import default_samples_path, run_lm_eval
-
-# Hub tasks the paper's configs name (need network access to the HF Hub datasets).
-HUB_TASKS = ("lambada_openai", "wikitext", "piqa", "winogrande", "hellaswag", "arc_easy")
+from multiexit.stages.lm_eval.runner import LmEvalSettings, default_samples_path, run_lm_eval
 
 __all__ = [
-    "HUB_TASKS",
     "LOCAL_TASK_KINDS",
+    "LambadaBuildSettings",
+    "LmEvalSettings",
     "MultiExitLM",
     "TASKS_DIR",
     "build_lambada_examples",

@@ -15,7 +15,10 @@ import random
 import re
 from pathlib import Path
 
+from dataclasses import dataclass
+
 from multiexit.io import atomic_open
+from multiexit.settings import Settings, setting
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 _WORD = re.compile(r"^[A-Za-z]{3,}$")
@@ -67,14 +70,35 @@ def _candidates(sentences: list[str], min_context_words: int, max_context_words:
     return passages
 
 
+@dataclass(frozen=True)
+class LambadaBuildSettings(Settings):
+    """How to build a local LAMBADA-style file (the pipeline's ``lm_eval.tasks[i].build``; ``scripts/make_lambada_local.py``)."""
+
+    source: tuple[str, ...] = setting((), "text files with one document per line (default: gensim lee_background.cor + lee.cor)")
+    num_examples: int | None = setting(None, "seeded sample of this size (default: all)", minimum=1)
+    per_article: int | None = setting(None, "at most this many examples per document", minimum=1)
+    min_context_words: int = setting(60, "fewest words of context before the target", minimum=1)
+    max_context_words: int = setting(160, "most words of context before the target", minimum=1)
+    seed: int = setting(1234, "seed of the sample")
+
+    def __post_init__(self) -> None:
+        if self.max_context_words < self.min_context_words:
+            raise ValueError(f"max_context_words: must be >= min_context_words ({self.min_context_words}), got {self.max_context_words}")
+
+    def build(self) -> list[dict]:
+        return build_lambada_examples(list(self.source) or None, num_examples=self.num_examples, per_article=self.per_article,
+                                      min_context_words=self.min_context_words, max_context_words=self.max_context_words,
+                                      seed=self.seed)
+
+
 def build_lambada_examples(
     sources: str | Path | list[str | Path] | None = None,
     *,
-    num_examples: int | None = None,
-    per_article: int | None = None,
-    min_context_words: int = 60,
-    max_context_words: int = 160,
-    seed: int = 1234,
+    num_examples: int | None = LambadaBuildSettings.num_examples,
+    per_article: int | None = LambadaBuildSettings.per_article,
+    min_context_words: int = LambadaBuildSettings.min_context_words,
+    max_context_words: int = LambadaBuildSettings.max_context_words,
+    seed: int = LambadaBuildSettings.seed,
 ) -> list[dict]:
     """LAMBADA-style examples from text files with one document per line.
 

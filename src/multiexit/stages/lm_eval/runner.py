@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from multiexit.stages.lm_eval.local_tasks import parse_task_spec
 from multiexit.io import atomic_open
+from multiexit.settings import Settings, check_device, setting
+from multiexit.stages.lm_eval.local_tasks import parse_task_spec
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -29,23 +31,68 @@ def _task_names(specs: list) -> list[str]:
     return names
 
 
+def _check_batch_size(value) -> None:
+    if isinstance(value, str) and value != "auto" and not value.startswith("auto:"):
+        raise ValueError(f"must be an integer or 'auto', got {value!r}")
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f"must be >= 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LmEvalSettings(Settings):
+    """One lm-eval run (the pipeline's ``lm_eval`` block and job; ``scripts/lm_eval_run.py``'s options)."""
+
+    model_args: str = setting(help="lm-eval's key=value,... list: pretrained, dtype, ... plus every MultiExitConfiguration field")
+    tasks: str = setting(help="comma-separated task names / KIND:PATH / NAME=KIND:PATH")
+    model: str = setting("multi_exit", "lm-eval model name ('hf' for lm-eval's stock model)")
+    num_fewshot: int | None = setting(0, "few-shot examples per prompt (null: the task's own)", minimum=0)
+    batch_size: int | str = setting(16, "an integer or 'auto'", check=_check_batch_size)
+    max_batch_size: int | None = setting(None, "largest batch size 'auto' may pick", minimum=1)
+    device: str = setting("cpu", "torch device (auto: cuda if available, else cpu)", check=check_device)
+    limit: int | float | None = setting(None, "documents per task (an integer, or a fraction < 1)", minimum=0, exclusive_minimum=True)
+    include_path: tuple[str, ...] = setting((), "extra folders of task YAMLs")
+    gen_kwargs: str | None = setting(None, "generation arguments for generate_until tasks, key=value,...")
+    log_samples: bool = setting(False, "also write per-document samples")
+    samples_output: str | None = setting(None, "samples jsonl (default: <output stem>.samples.jsonl)")
+    seed: int = setting(1234, "seed of python, numpy, torch and few-shot sampling")
+    bootstrap_iters: int = setting(100000, "bootstrap iterations of standard errors (0 skips them)", minimum=0)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, float) and self.limit >= 1:
+            if self.limit != int(self.limit):
+                raise ValueError(f"limit: a count must be an integer, got {self.limit}")
+            object.__setattr__(self, "limit", int(self.limit))
+
+    def run(self, output_path: str | Path | None) -> dict:
+        device = self.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return run_lm_eval(self.model_args, self.tasks, output_path, model=self.model, num_fewshot=self.num_fewshot,
+                           batch_size=self.batch_size, max_batch_size=self.max_batch_size, device=device, limit=self.limit,
+                           include_path=list(self.include_path) or None, gen_kwargs=self.gen_kwargs,
+                           log_samples=self.log_samples, samples_path=self.samples_output, seed=self.seed,
+                           bootstrap_iters=self.bootstrap_iters)
+
+
 def run_lm_eval(
     model_args: str | dict[str, Any],
     tasks: str | Sequence[str | dict],
     output_path: str | Path | None,
     *,
-    model: Any = "multi_exit",
-    num_fewshot: int | None = None,
-    batch_size: int | str = 1,
-    max_batch_size: int | None = None,
-    device: str | None = "cpu",
-    limit: int | float | None = None,
+    model: Any = LmEvalSettings.model,
+    num_fewshot: int | None = LmEvalSettings.num_fewshot,
+    batch_size: int | str = LmEvalSettings.batch_size,
+    max_batch_size: int | None = LmEvalSettings.max_batch_size,
+    device: str | None = LmEvalSettings.device,
+    limit: int | float | None = LmEvalSettings.limit,
     include_path: str | Path | Sequence[str | Path] | None = None,
-    gen_kwargs: str | dict | None = None,
-    log_samples: bool = False,
+    gen_kwargs: str | dict | None = LmEvalSettings.gen_kwargs,
+    log_samples: bool = LmEvalSettings.log_samples,
     samples_path: str | Path | None = None,
-    seed: int = 1234,
-    bootstrap_iters: int = 100000,
+    seed: int = LmEvalSettings.seed,
+    bootstrap_iters: int = LmEvalSettings.bootstrap_iters,
     apply_chat_template: bool = False,
     verbosity: str | None = "WARNING",
 ) -> dict:
