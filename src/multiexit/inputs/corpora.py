@@ -17,7 +17,8 @@ A corpus is named by a short spec string:
 Documents are shuffled with the seed where the whole corpus is local (streams go through a seeded
 shuffle buffer of documents), the first documents up to ``eval_tokens`` form the
 held-out slice and the rest the training slice; each slice is concatenated (EOS between
-documents) and cut into ``seq_len``-token chunks (the remainder is dropped).
+documents, or nothing: ``separator="none"``) and cut into ``seq_len``-token chunks (the remainder
+is dropped).
 """
 
 from __future__ import annotations
@@ -237,8 +238,13 @@ def load_token_chunks(
     eval_tokens: int = 0,
     seed: int = 0,
     shuffle_buffer: int = 10_000,
+    separator: str = "eos",
 ) -> TokenChunks:
     """Tokenise ``spec`` into held-out and training chunks of ``seq_len`` tokens.
+
+    ``separator`` is what goes between documents: ``"eos"`` (the tokenizer's EOS, our default) or
+    ``"none"`` (token ids concatenated directly, as the ACD authors' ``head_training_utils.group_texts``
+    does with GPT-2's tokenizer, which adds no EOS).
 
     ``train_tokens=None`` reads the whole corpus (only allowed for local corpora); otherwise reading
     stops once that many training tokens (rounded up to whole chunks) are collected.
@@ -252,16 +258,19 @@ def load_token_chunks(
     validate_corpus_spec(spec)
     if train_tokens is None and any(is_hub_spec(p.strip()) for p in spec.split("+")):
         raise ValueError(f"train_tokens: a token budget is required for streamed corpus {spec!r}")
+    if separator not in ("eos", "none"):
+        raise ValueError(f"separator: must be 'eos' or 'none', got {separator!r}")
     eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("tokenizer: has no eos_token_id (needed to separate documents)")
+    if eos is None and separator == "eos":
+        raise ValueError("tokenizer: has no eos_token_id (needed to separate documents; or use separator 'none')")
+    tail = [eos] if separator == "eos" else []
     eval_ids: list[int] = []
     train_ids: list[int] = []
     eval_target = -(-eval_tokens // seq_len) * seq_len if eval_tokens else 0
     train_target = None if train_tokens is None else -(-train_tokens // seq_len) * seq_len
     documents = 0
     for doc in iter_documents(spec, seed=seed, shuffle_buffer=shuffle_buffer):
-        ids = tokenizer(doc, add_special_tokens=False)["input_ids"] + [eos]
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"] + tail
         documents += 1
         if len(eval_ids) < eval_target:
             eval_ids.extend(ids)
