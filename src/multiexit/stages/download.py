@@ -22,6 +22,7 @@ message saying so.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -101,6 +102,16 @@ class _TolerantLoader:
         return yaml.load(text, Loader=Loader) or {}
 
 
+@functools.lru_cache(maxsize=4)
+def _task_index(tasks_dir: str) -> dict[str, Path]:
+    """task name -> the YAML file that defines it (one scan of lm-eval's task folder)."""
+    index: dict[str, Path] = {}
+    for path in sorted(Path(tasks_dir).rglob("*.yaml")):
+        for name in _TASK_LINE.findall(path.read_text(encoding="utf-8", errors="replace")):
+            index.setdefault(name, path)
+    return index
+
+
 def lm_eval_task_dataset(task: str, tasks_dir: str | Path | None = None) -> tuple[str, str | None]:
     """``(dataset_path, dataset_name)`` of an lm-eval task, read from the task's YAML in the lm-eval package."""
     if tasks_dir is None:
@@ -110,21 +121,18 @@ def lm_eval_task_dataset(task: str, tasks_dir: str | Path | None = None) -> tupl
         if spec is None or not spec.submodule_search_locations:
             raise DownloadError("lm-eval is not installed (pip install multiexit[eval]); cannot list its task datasets")
         tasks_dir = Path(list(spec.submodule_search_locations)[0]) / "tasks"
-    for path in sorted(Path(tasks_dir).rglob("*.yaml")):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if task not in text or task not in _TASK_LINE.findall(text):
-            continue
-        config: dict = {}
-        chain = [path]
-        while chain:  # follow `include:` (the included file gives defaults)
-            current = chain.pop()
-            data = _TolerantLoader.load(current.read_text(encoding="utf-8", errors="replace"))
-            config = {**data, **config}
-            if data.get("include"):
-                chain.append(current.parent / data["include"])
-        if config.get("dataset_path"):
-            return str(config["dataset_path"]), config.get("dataset_name")
-    raise DownloadError(f"lm-eval task {task!r}: no task YAML with a dataset_path under {tasks_dir}")
+    path = _task_index(str(tasks_dir)).get(task)
+    config: dict = {}
+    chain = [path] if path else []
+    while chain:  # follow `include:` (the included file gives defaults)
+        current = chain.pop()
+        data = _TolerantLoader.load(current.read_text(encoding="utf-8", errors="replace"))
+        config = {**data, **config}
+        if data.get("include"):
+            chain.append(current.parent / data["include"])
+    if not config.get("dataset_path"):
+        raise DownloadError(f"lm-eval task {task!r}: no task YAML with a dataset_path under {tasks_dir}")
+    return str(config["dataset_path"]), config.get("dataset_name")
 
 
 def fetch_list(config: dict) -> list[Fetch]:
