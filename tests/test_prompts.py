@@ -37,9 +37,9 @@ def _build(spec, tokenizer, cache):
 
 def test_acd_wikitext_lines_words_and_replacements(gpt2_tokenizer, cache):
     prompts, stats, source = _build({**WIKITEXT, "protocol": "acd", "num_prompts": None}, gpt2_tokenizer, cache)
-    # validation rows 3 (61 words), 9 (51), 12 (200) have more than 50 words; row 7 has exactly 50
-    assert stats.as_dict() == {"rows": 13, "scanned": 4, "usable": 3, "selected": 3}
-    assert [p.id for p in prompts] == ["wikitext-103/validation/3", "wikitext-103/validation/9", "wikitext-103/validation/12"]
+    # validation rows 3 (61 words), 8 (51), 12 (200) have more than 50 words; row 4 has exactly 50
+    assert stats.as_dict() == {"rows": 14, "scanned": 4, "usable": 3, "selected": 3}
+    assert [p.id for p in prompts] == ["wikitext-103/validation/3", "wikitext-103/validation/8", "wikitext-103/validation/12"]
     first = prompts[0]
     assert first.prompt == "The 1,000-strong army, he said (in 1990): " + words(25)  # 7 + 25 = 32 words
     assert first.reference == words(21, 25)
@@ -50,12 +50,12 @@ def test_acd_wikitext_lines_words_and_replacements(gpt2_tokenizer, cache):
 def test_acd_sampling_is_the_authors_random_sample(gpt2_tokenizer, cache):
     prompts, stats, _ = _build({**WIKITEXT, "protocol": "acd", "num_prompts": 2}, gpt2_tokenizer, cache)
     assert random.Random(0).sample(range(3), 2) == [1, 2]  # run_inference.py's draw over the 3 usable rows
-    assert [p.id for p in prompts] == ["wikitext-103/validation/9", "wikitext-103/validation/12"]
+    assert [p.id for p in prompts] == ["wikitext-103/validation/8", "wikitext-103/validation/12"]
     assert prompts[0].prompt == words(32, 2) and stats.selected == 2
 
 
 def test_acd_too_few_rows_names_the_counts(gpt2_tokenizer, cache):
-    with pytest.raises(ValueError, match=r"only 3 of 13 rows are usable \(more than 50 words\); num_prompts=4 requested"):
+    with pytest.raises(ValueError, match=r"only 3 of 14 rows are usable \(more than 50 words\); num_prompts=4 requested"):
         _build({**WIKITEXT, "protocol": "acd", "num_prompts": 4}, gpt2_tokenizer, cache)
 
 
@@ -77,8 +77,8 @@ def test_acd_wikinews_main_text(gpt2_tokenizer, cache):
 
 def test_cd_wikitext_validation_then_test_with_bos(gpt2_tokenizer, cache):
     prompts, stats, source = _build({**WIKITEXT, "protocol": "cd", "num_prompts": None}, gpt2_tokenizer, cache)
-    # 13 validation + 4 test rows; only validation/12 (1 + 200 + 2 tokens) and test/2 (1 + 170 + 2) reach 160
-    assert stats.as_dict() == {"rows": 17, "scanned": 17, "usable": 2, "selected": 2}
+    # 14 validation + 4 test rows; only validation/12 (1 + 200 + 2 tokens) and test/2 (1 + 170 + 2) reach 160
+    assert stats.as_dict() == {"rows": 18, "scanned": 18, "usable": 2, "selected": 2}
     assert source["splits"] == ["validation", "test"]
     assert [p.id for p in prompts] == ["wikitext-103/validation/12", "wikitext-103/test/2"]
     first = prompts[0]
@@ -92,7 +92,7 @@ def test_cd_wikitext_validation_then_test_with_bos(gpt2_tokenizer, cache):
 def test_tokens_protocol_on_wikitext_lines_and_book_documents(gpt2_tokenizer, cache):
     prompts, stats, _ = _build({**WIKITEXT, "protocol": "tokens", "num_prompts": None, "min_reference_tokens": 20},
                                gpt2_tokenizer, cache)
-    assert stats.usable == 2 and stats.rows == 13  # rows 3 and 12 have 32 + 20 tokens after detokenisation
+    assert stats.usable == 2 and stats.rows == 14  # rows 3 and 12 have 32 + 20 tokens after detokenisation
     assert {p.id for p in prompts} == {"wikitext-103/validation/3", "wikitext-103/validation/12"}
     assert all(len(p.prompt_ids) == 32 for p in prompts)
     books, stats, _ = _build({**BOOKS, "protocol": "tokens", "num_prompts": None, "min_reference_tokens": 20},
@@ -125,11 +125,11 @@ def test_prompt_set_file_is_stable_and_complete(gpt2_tokenizer, cache, tmp_path)
     meta = prepare_prompt_set(spec, gpt2_tokenizer, a, cache_dir=cache)
     prepare_prompt_set(spec, gpt2_tokenizer, b, cache_dir=cache)
     assert a.read_bytes() == b.read_bytes()  # same ids, prompts and token ids across runs
-    assert meta["counts"] == {"rows": 13, "scanned": 4, "usable": 3, "selected": 2}
+    assert meta["counts"] == {"rows": 14, "scanned": 4, "usable": 3, "selected": 2}
     assert meta["protocol"]["new_tokens"] == 100 and "run_inference.py" in meta["protocol"]["source"]
     rows = [json.loads(line) for line in a.read_text().splitlines()]
     assert set(rows[0]) == {"id", "prompt", "reference", "prompt_ids"}
-    assert [p.id for p in read_prompt_set(a)] == ["wikitext-103/validation/9", "wikitext-103/validation/12"]
+    assert [p.id for p in read_prompt_set(a)] == ["wikitext-103/validation/8", "wikitext-103/validation/12"]
     a.write_text(a.read_text().splitlines()[0] + "\n")  # a truncated file is refused
     with pytest.raises(ValueError, match="1 rows but its sidecar records 2"):
         read_prompt_set(a)

@@ -52,20 +52,22 @@ def write_repo(folder: Path, configs: list[dict], files: dict[str, pa.Table]) ->
 
 def wikitext() -> None:
     # Salesforce/wikitext, config wikitext-103-raw-v1: one string column "text", one row per line
+    # the Hub's line stream: blank rows around titles and headings, paragraphs on consecutive rows
     validation = [
         "",                                                     # 0 blank
         " = Alpha Article = \n",                               # 1 title
         "",                                                     # 2
         wikitext_line("The 1 @,@ 000 @-@ strong army , he said ( in 1990 ) : " + words(46)),  # 3: 15 + 46 = 61 raw words
-        "",                                                     # 4
-        " = = Section = = \n",                                 # 5 heading
-        "",                                                     # 6
-        wikitext_line(words(50, 1)),                            # 7: exactly 50 words (not > 50)
-        "",                                                     # 8
-        wikitext_line(words(51, 2)),                            # 9: 51 words
+        wikitext_line(words(50, 1)),                            # 4: exactly 50 words (not > 50)
+        "",                                                     # 5
+        " = = Section = = \n",                                 # 6 heading
+        "",                                                     # 7
+        wikitext_line(words(51, 2)),                            # 8: 51 words
+        "",                                                     # 9
         " = Beta Article = \n",                                # 10 title
         "",                                                     # 11
         wikitext_line(words(200, 3)),                           # 12: 200 words
+        wikitext_line(words(10, 6)),                            # 13: 10 words
     ]
     test = ["", " = Gamma = \n", wikitext_line(words(170, 4)), wikitext_line(words(20, 5))]
     write_repo(HERE / "wikitext", [{"name": "wikitext-103-raw-v1", "splits": {
