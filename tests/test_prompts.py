@@ -166,3 +166,15 @@ def test_cc100_training_text_through_the_text_builder(monkeypatch):
     monkeypatch.setattr(corpora, "CC100_URL", str(HUB / "cc100" / "{lang}.txt"))
     docs = list(corpora.stream_hub_documents("cc100:en"))
     assert docs == [words(12) + "\n" + words(8, 3), words(20, 5), "\n".join([words(6, 1), words(7, 2), words(9, 4)])]
+
+
+def test_training_chunks_without_separator(gpt2_tokenizer):
+    """doc_separator none: documents' ids concatenated directly ([ACD] head_training_utils.group_texts)."""
+    from multiexit.inputs.corpora import load_token_chunks
+
+    eos = gpt2_tokenizer.eos_token_id
+    joined = load_token_chunks("lee_background", gpt2_tokenizer, 64, train_tokens=64 * 40, seed=1, separator="none")
+    marked = load_token_chunks("lee_background", gpt2_tokenizer, 64, train_tokens=64 * 40, seed=1)
+    assert int((joined.train == eos).sum()) == 0 and int((marked.train == eos).sum()) > 0
+    with pytest.raises(ValueError, match="separator: must be 'eos' or 'none'"):
+        load_token_chunks("lee_background", gpt2_tokenizer, 64, train_tokens=640, separator="nl")
