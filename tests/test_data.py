@@ -120,7 +120,7 @@ def test_hub_entries_name_the_sources_datasets():
 @pytest.mark.parametrize(
     "data, key, message",
     [
-        ({"name": "nope"}, "name", "unknown dataset 'nope'"),
+        ({"name": "nope"}, "name", "unknown name 'nope'"),
         ({"path": "x"}, "name", "required setting is missing"),
         ({"name": "lee_background", "prompt_len": 3}, "prompt_len", "unknown setting"),
         ({"name": "local"}, "path", "needs a path"),

@@ -103,7 +103,7 @@ def test_tokens_protocol_on_wikitext_lines_and_book_documents(gpt2_tokenizer, ca
 @pytest.mark.parametrize(
     "data, key, text",
     [
-        ({"name": "nope"}, "dataset.name", "unknown dataset 'nope'"),
+        ({"name": "nope"}, "dataset.name", "unknown name 'nope'"),
         ({}, "dataset.name", "required"),
         ({"name": "wikitext-103", "prompt_len": 3}, "dataset.prompt_len", "unknown setting"),
         ({"name": "wikitext-103", "protocol": "paper"}, "dataset.protocol", "one of"),

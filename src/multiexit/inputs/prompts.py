@@ -144,7 +144,7 @@ _DEFAULT_MAX_REFERENCE = 256
 
 def _check_name(value: str) -> None:
     if ALIASES.get(value, value) not in CATALOG:
-        raise ValueError(f"unknown dataset {value!r}; catalog: {', '.join(sorted(CATALOG))}")
+        raise ValueError(f"unknown name {value!r}; catalog: {', '.join(sorted(CATALOG))}")
 
 
 @dataclass(frozen=True)
