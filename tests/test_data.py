@@ -1,4 +1,6 @@
-"""Prompt datasets: catalog requests, detokenisation, local formats, seeded sampling, clear errors."""
+"""Prompt datasets, tokens protocol: catalog requests, detokenisation, local formats, seeded sampling, clear errors.
+
+(The acd / cd protocols and the Hub code path are tested on Hub-layout fixtures in tests/test_prompts.py.)"""
 
 from __future__ import annotations
 
@@ -9,13 +11,13 @@ import pytest
 from multiexit.inputs.prompts import (
     CATALOG,
     DatasetRequest,
-    build_prompts,
-    group_wikitext_articles,
+    build_prompt_set,
     load_prompts,
-    read_documents,
+    open_rows,
     special_prefix_ids,
     wikitext_detokenize,
 )
+from multiexit.settings import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -33,13 +35,6 @@ from multiexit.inputs.prompts import (
 )
 def test_wikitext_detokenize(raw, clean):
     assert wikitext_detokenize(raw) == clean
-
-
-def test_group_wikitext_articles_drops_headings_and_splits_at_titles():
-    lines = [" \n", " = Valkyria = \n", " \n", " Senjo is a game . \n", " = = Gameplay = = \n", " It is fun . \n",
-             " = = = Deep = = = \n", " More . \n", " = Other = \n", " Text . \n"]
-    articles = list(group_wikitext_articles(lines))
-    assert articles == [(0, "Valkyria", "Senjo is a game .\nIt is fun .\nMore ."), (1, "Other", "Text .")]
 
 
 def _words(n, start=0):
@@ -69,120 +64,110 @@ def test_local_jsonl_prompts_keep_ids_and_cut_tokens(tmp_path, gpt2_tokenizer):
     assert [p.id for p in other] != [p.id for p in prompts]
 
 
+def _ids_and_texts(request):
+    rows = open_rows(request)
+    return [rows.row_id(i) for i in range(len(rows))], [rows.text(i) for i in range(len(rows))]
+
+
 def test_text_blocks_and_default_ids(tmp_path, gpt2_tokenizer):
     path = tmp_path / "docs.txt"
     path.write_text(f"{_words(50)}\n\n{_words(50, 200)}\n  \n{_words(3)}\n")
-    docs = read_documents(DatasetRequest(name="local", path=str(path)))
-    assert [d.id for d in docs] == ["docs.txt/0", "docs.txt/1", "docs.txt/2"]
-    assert docs[1].text == _words(50, 200)
+    ids, texts = _ids_and_texts(DatasetRequest(name="local", path=str(path)))
+    assert ids == ["docs.txt/0", "docs.txt/1", "docs.txt/2"]
+    assert texts[1] == _words(50, 200)
     prompts = load_prompts({"name": "local", "path": str(path), "num_prompts": 2, "prompt_tokens": 4, "min_reference_tokens": 10},
                            gpt2_tokenizer)
     assert sorted(p.id for p in prompts) == ["docs.txt/0", "docs.txt/1"]
 
 
-def test_local_wikitext_detokenisation_applies_when_requested(tmp_path):
+def test_local_wikitext_detokenisation_applies_when_requested(tmp_path, gpt2_tokenizer):
     path = tmp_path / "w.jsonl"
-    path.write_text(json.dumps({"text": "The 1 @,@ 000 @-@ strong army ."}) + "\n")
-    docs = read_documents(DatasetRequest(name="local", path=str(path), detokenize="wikitext"))
-    assert docs[0].text == "The 1,000-strong army."
+    path.write_text(json.dumps({"text": "The 1 @,@ 000 @-@ strong army . " + _words(20)}) + "\n")
+    prompts = load_prompts({"name": "local", "path": str(path), "detokenize": "wikitext", "num_prompts": 1, "prompt_tokens": 6,
+                            "min_reference_tokens": 4}, gpt2_tokenizer)
+    assert (prompts[0].prompt + prompts[0].reference).startswith("The 1,000-strong army. w0")
 
 
-def test_gensim_lee_news_prompts(gpt2_tokenizer):
-    prompts = load_prompts({"name": "gensim-lee", "num_prompts": 5}, gpt2_tokenizer)
+def test_lee_news_prompts_one_name_and_old_spellings(gpt2_tokenizer):
+    prompts = load_prompts({"name": "lee_background", "num_prompts": 5}, gpt2_tokenizer)
     assert len(prompts) == 5
-    assert all(p.id.startswith("gensim-lee/") for p in prompts)
+    assert all(p.id.startswith("lee_background/") for p in prompts)
     assert all(len(p.prompt_ids) == 32 for p in prompts)
     assert all(len(gpt2_tokenizer(p.reference)["input_ids"]) >= 120 for p in prompts)
+    old = load_prompts({"name": "gensim-lee", "num_prompts": 5}, gpt2_tokenizer)
+    assert [p.prompt for p in old] == [p.prompt for p in prompts]
 
 
 def test_bos_is_prepended_for_tokenizers_that_add_it(gemma3_tokenizer):
     gemma = gemma3_tokenizer  # the real Gemma 3 tokenizer, without converting the model's weights
     assert special_prefix_ids(gemma) == [gemma.bos_token_id]
-    prompts = load_prompts({"name": "gensim-lee", "num_prompts": 2}, gemma)
+    prompts = load_prompts({"name": "lee_background", "num_prompts": 2}, gemma)
     assert prompts[0].prompt_ids[0] == gemma.bos_token_id and len(prompts[0].prompt_ids) == 33
 
 
-def test_hub_entries_name_real_datasets():
-    assert CATALOG["wikitext-103"].path == "wikitext" and CATALOG["wikitext-103"].hub_config == "wikitext-103-raw-v1"
-    assert CATALOG["wikitext-103"].split == "validation" and CATALOG["wikitext-103"].detokenize == "wikitext"
-    for name in ("wikinews", "bookcorpus", "cc-news"):
-        assert CATALOG[name].source == "hub" and "/" in CATALOG[name].path
+def test_hub_entries_name_the_sources_datasets():
+    wiki = CATALOG["wikitext-103"]
+    assert (wiki.path, wiki.hub_config, wiki.split, wiki.rules) == ("Salesforce/wikitext", "wikitext-103-raw-v1", "validation", "wikitext")
+    assert CATALOG["wikinews"].path == "bigscience-data/roots_en_wikinews" and CATALOG["wikinews"].gated
+    assert CATALOG["bookcorpus"].path == "bookcorpus/bookcorpus" and CATALOG["bookcorpus"].rules == "bookcorpus"
+    assert DatasetRequest(name="wikitext-103", protocol="cd").entry().split == "validation+test"
 
 
 @pytest.mark.parametrize(
-    "data, message",
+    "data, key, message",
     [
-        ({"name": "nope"}, "unknown name 'nope'"),
-        ({"path": "x"}, "missing key 'name'"),
-        ({"name": "gensim-lee", "prompt_len": 3}, "unknown key(s) ['prompt_len']"),
-        ({"name": "local"}, "'path' is required"),
-        ({"name": "gensim-lee", "num_prompts": 0}, "num_prompts must be a positive integer"),
-        ({"name": "gensim-lee", "prompt_tokens": "32"}, "prompt_tokens must be a positive integer"),
-        ({"name": "gensim-lee", "format": "csv"}, "format must be one of"),
-        ({"name": "gensim-lee", "min_reference_tokens": 100, "max_reference_tokens": 50}, "max_reference_tokens (50) < min_reference_tokens"),
+        ({"name": "nope"}, "name", "unknown name 'nope'"),
+        ({"path": "x"}, "name", "required setting is missing"),
+        ({"name": "lee_background", "prompt_len": 3}, "prompt_len", "unknown setting"),
+        ({"name": "local"}, "path", "needs a path"),
+        ({"name": "lee_background", "num_prompts": 0}, "num_prompts", ">= 1"),
+        ({"name": "lee_background", "prompt_tokens": "32"}, "prompt_tokens", "an integer"),
+        ({"name": "lee_background", "format": "csv"}, "format", "one of"),
+        ({"name": "lee_background", "min_reference_tokens": 100, "max_reference_tokens": 50}, "max_reference_tokens",
+         "50 < min_reference_tokens (100)"),
     ],
 )
-def test_bad_requests_are_named_errors(data, message):
-    with pytest.raises(ValueError) as err:
+def test_bad_requests_are_named_errors(data, key, message):
+    with pytest.raises(ConfigError) as err:
         DatasetRequest.from_dict(data)
-    assert message in str(err.value)
+    assert err.value.key == key and message in str(err.value)
 
 
 def test_missing_text_field_is_an_error(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"missing text field 'text'; fields present: \['body'\]"):
-        read_documents(DatasetRequest(name="local", path=str(path)))
+        open_rows(DatasetRequest(name="local", path=str(path)))
 
 
 def test_too_few_usable_documents_is_an_error(tmp_path, gpt2_tokenizer):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({"text": _words(n)}) + "\n" for n in (10, 200, 20)))
-    with pytest.raises(ValueError, match=r"only 1 of 3 documents have at least 32 prompt \+ 128 reference tokens; 2 requested"):
+    with pytest.raises(ValueError, match=r"only 1 of 3 rows are usable \(at least 32 prompt \+ 128 reference tokens\); "
+                                         r"num_prompts=2 requested"):
         load_prompts({"name": "local", "path": str(path), "num_prompts": 2}, gpt2_tokenizer)
 
 
 def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="file not found"):
-        read_documents(DatasetRequest(name="local", path=str(tmp_path / "none.jsonl")))
+        open_rows(DatasetRequest(name="local", path=str(tmp_path / "none.jsonl")))
 
 
-def test_build_prompts_without_limit_takes_all_usable(gpt2_tokenizer):
-    from multiexit.inputs.prompts import Document
-
-    docs = [Document(f"d{i}", _words(60 if i % 2 else 5)) for i in range(6)]
-    prompts = build_prompts(docs, gpt2_tokenizer, DatasetRequest(name="local", path="x", num_prompts=None, prompt_tokens=4, min_reference_tokens=40))
+def test_without_limit_every_usable_document_is_taken(tmp_path, gpt2_tokenizer):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": _words(60 if i % 2 else 5), "doc": f"d{i}"}) + "\n" for i in range(6)))
+    prompts, stats, _ = build_prompt_set({"name": "local", "path": str(path), "id_field": "doc", "num_prompts": None,
+                                          "prompt_tokens": 4, "min_reference_tokens": 40}, gpt2_tokenizer)
     assert sorted(p.id for p in prompts) == ["d1", "d3", "d5"]
+    assert stats.as_dict() == {"rows": 6, "scanned": 6, "usable": 3, "selected": 3}
 
 
-def test_hub_entries_read_a_datasets_table(monkeypatch):
-    """The Hub code path on a real ``datasets.Dataset`` (the download itself is replaced: no network here)."""
-    import datasets
+def test_local_parquet_file(tmp_path, gpt2_tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    import multiexit.inputs.prompts as data
-
-    tables = {
-        "wikitext": datasets.Dataset.from_dict({"text": [
-            "", " = Valkyria = \n", "", " The 1 @,@ 000 @-@ strong army . \n", " = = Plot = = \n", " It won . \n",
-            " = Other = \n", " Second article , here . \n"]}),
-        "bookcorpus/bookcorpus": datasets.Dataset.from_dict({"text": [f"sentence {i} ." for i in range(45)]}),
-        "vblagoje/cc_news": datasets.Dataset.from_dict({"title": ["a", "b"], "text": ["first story", "second story"]}),
-    }
-    seen = []
-
-    def fake_load(entry):
-        seen.append((entry.path, entry.hub_config, entry.split))
-        return tables[entry.path]
-
-    monkeypatch.setattr(data, "_load_hub", fake_load)
-    wiki = read_documents(DatasetRequest(name="wikitext-103"))
-    assert seen[-1] == ("wikitext", "wikitext-103-raw-v1", "validation")
-    assert [(d.id, d.text) for d in wiki] == [("wikitext-103/validation/0", "The 1,000-strong army.\nIt won."),
-                                             ("wikitext-103/validation/1", "Second article, here.")]
-    books = read_documents(DatasetRequest(name="bookcorpus"))
-    assert [d.id for d in books] == ["bookcorpus/train/0", "bookcorpus/train/1", "bookcorpus/train/2"]
-    assert books[0].text.startswith("sentence 0 . sentence 1 .") and books[2].text == " ".join(f"sentence {i} ." for i in range(40, 45))
-    news = read_documents(DatasetRequest(name="cc-news", id_field="title"))
-    assert [(d.id, d.text) for d in news] == [("a", "first story"), ("b", "second story")]
-    with pytest.raises(ValueError, match=r"missing text field 'body'"):
-        read_documents(DatasetRequest(name="cc-news", text_field="body"))
+    path = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"text": [_words(60, 100 * i) for i in range(3)]}), path)
+    prompts = load_prompts({"name": "local", "path": str(path), "num_prompts": 3, "prompt_tokens": 4,
+                            "min_reference_tokens": 40}, gpt2_tokenizer, cache_dir=str(tmp_path / "cache"))
+    assert sorted(p.id for p in prompts) == ["docs.parquet/train/0", "docs.parquet/train/1", "docs.parquet/train/2"]

@@ -8,7 +8,8 @@ A corpus is named by a short spec string:
 * ``wikitext-103`` (also ``wikitext-2``) -- ``Salesforce/wikitext`` raw, streamed from the Hub;
   an article starts at each top-level `` = Title = `` line.
 * ``hub:<dataset>[:<config>][@<split>][#<field>]`` -- any streamed Hub dataset with a text field.
-* ``lee`` / ``lee_background`` -- the English news articles shipped with gensim (one per line).
+* ``lee_background`` (older spelling ``lee``) -- the English news articles shipped with gensim (one per line);
+  ``lee_test`` -- gensim's 50 held-out Lee articles.
 * a local file or folder: ``.txt``/``.cor`` (documents separated by blank lines; a file without
   blank lines holds one document per line), ``.jsonl`` (a ``text`` field per line), a folder =
   all such files in sorted order. Several specs can be joined with ``+``.
@@ -16,7 +17,8 @@ A corpus is named by a short spec string:
 Documents are shuffled with the seed where the whole corpus is local (streams go through a seeded
 shuffle buffer of documents), the first documents up to ``eval_tokens`` form the
 held-out slice and the rest the training slice; each slice is concatenated (EOS between
-documents) and cut into ``seq_len``-token chunks (the remainder is dropped).
+documents, or nothing: ``separator="none"``) and cut into ``seq_len``-token chunks (the remainder
+is dropped).
 """
 
 from __future__ import annotations
@@ -34,18 +36,28 @@ LOCAL_SUFFIXES = (".txt", ".cor", ".jsonl", ".text")
 
 
 def gensim_test_data() -> Path:
+    """gensim's ``test/test_data`` folder (found without importing gensim): the one place the Lee corpus is located."""
     import importlib.util
 
     spec = importlib.util.find_spec("gensim")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("corpus 'lee': gensim is not installed (pip install gensim)")
+        raise FileNotFoundError("the Lee corpus ships with gensim, which is not installed (pip install gensim)")
     return Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data"
 
 
+def lee_corpus_path(test: bool = False) -> Path:
+    """gensim's Lee news corpus: ``lee_background.cor`` (~300 articles) or, with ``test``, ``lee.cor`` (50)."""
+    path = gensim_test_data() / ("lee.cor" if test else "lee_background.cor")
+    if not path.is_file():
+        raise FileNotFoundError(f"the Lee corpus is not at {path}; reinstall gensim")
+    return path
+
+
+# Named local corpora: "lee_background" is the Lee corpus' one name ("lee" is an older spelling).
 NAMED_LOCAL = {
-    "lee_background": lambda: gensim_test_data() / "lee_background.cor",
-    "lee": lambda: gensim_test_data() / "lee_background.cor",
-    "lee_test": lambda: gensim_test_data() / "lee.cor",
+    "lee_background": lambda: lee_corpus_path(),
+    "lee": lambda: lee_corpus_path(),
+    "lee_test": lambda: lee_corpus_path(test=True),
 }
 
 
@@ -91,7 +103,12 @@ def read_local_documents(path: str | Path) -> list[str]:
     return [line.strip() for line in lines if line.strip()]
 
 
-def _wikitext_articles(rows: Iterable[dict]) -> Iterator[str]:
+def wikitext_articles(rows: Iterable[dict]) -> Iterator[str]:
+    """WikiText's line stream (rows with a ``text`` field) grouped into articles, for training text.
+
+    A new article starts at each top-level `` = Title = `` line; headings and paragraphs are kept
+    as they are. (Prompt sets never group: their protocols work on single lines.)
+    """
     article: list[str] = []
     for row in rows:
         line = row["text"]
@@ -135,7 +152,7 @@ def stream_hub_documents(spec: str, seed: int = 0, shuffle_buffer: int = 0) -> I
         docs = _blocks(row["text"] for row in dataset)
     elif name in ("wikitext-103", "wikitext-2"):
         dataset = load_dataset("Salesforce/wikitext", f"{name}-raw-v1", split="train", streaming=True)
-        docs = _wikitext_articles(dataset)
+        docs = wikitext_articles(dataset)
     elif name.startswith("hub:"):
         rest = name[4:]
         field = "text"
@@ -225,8 +242,9 @@ def load_token_chunks(
 ) -> TokenChunks:
     """Tokenise ``spec`` into held-out and training chunks of ``seq_len`` tokens.
 
-    Documents are concatenated with the tokenizer's EOS token after each (``separator='eos'``) or
-    with nothing between them (``'none'``, as the ACD authors' ``group_texts``).
+    ``separator`` is what goes between documents: ``"eos"`` (the tokenizer's EOS, our default) or
+    ``"none"`` (token ids concatenated directly, as the ACD authors' ``head_training_utils.group_texts``
+    does with GPT-2's tokenizer, which adds no EOS).
 
     ``train_tokens=None`` reads the whole corpus (only allowed for local corpora); otherwise reading
     stops once that many training tokens (rounded up to whole chunks) are collected.
@@ -244,7 +262,7 @@ def load_token_chunks(
         raise ValueError(f"separator: must be 'eos' or 'none', got {separator!r}")
     eos = tokenizer.eos_token_id
     if eos is None and separator == "eos":
-        raise ValueError("tokenizer: has no eos_token_id (needed to separate documents)")
+        raise ValueError("tokenizer: has no eos_token_id (needed to separate documents; or use separator 'none')")
     tail = [eos] if separator == "eos" else []
     eval_ids: list[int] = []
     train_ids: list[int] = []
