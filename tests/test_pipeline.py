@@ -96,7 +96,12 @@ def test_demo_config_is_valid_and_needs_no_second_model():
     plan = build_plan(load_config_files(DEMO), SCHEMA)
     methods = {s.method for items in plan.settings.values() for s in items}
     assert "contrastive_decoding" not in methods
-    assert {"greedy", "top_k", "top_p", "typical", "exit", "acd", "contrastive_search", "dola"} <= methods
+    assert {"greedy", "top_p", "exit", "acd", "contrastive_search", "dola"} <= methods
+    # the paper's comparison (issue 16): ACD of the original head against every exit, and every exit alone
+    for model, items in plan.settings.items():
+        exits = plan.models[model]["exits"]
+        assert sorted(s.params["lower"] for s in items if s.method == "acd" and s.params["upper"] == "original") == exits
+        assert sorted(s.params["layer"] for s in items if s.method == "exit") == exits
     assert all(spec["source"].startswith("package:") for spec in plan.models.values())
     assert plan.lm_eval_runs and all(plan.lm_eval_task(r.task).get("kind") == "lambada_local" for r in plan.lm_eval_runs)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from multiexit.pipeline.figures import FIGURES, benchmark_amateur_series, sweep_series, write_figures
-from multiexit.pipeline.tables import lm_eval_setting, tidy_results, write_tables
+from multiexit.pipeline.tables import examples_markdown, lm_eval_setting, tidy_results, write_tables
 
 SIDECAR_DATASET = {"name": "gensim-lee", "protocol": "cd", "num_prompts": 24, "prompt_tokens": 32, "seed": 0}
 
@@ -156,3 +156,101 @@ def test_write_figures_writes_every_figure(manifest, tmp_path):
                                                                    "training_loss", "diversity_mauve")]
     assert set(FIGURES) == {p.stem for p in paths}
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+# ------------------------------------------------------------------------------------ exits and examples
+
+
+def _metrics(ce, top1, tokens=1016):
+    return {"cross_entropy": ce, "perplexity": 2.718281828 ** ce, "top1_accuracy": top1, "tokens": tokens}
+
+
+@pytest.fixture
+def exits_manifest(tmp_path, manifest):
+    """The fixture grid plus a training report (init cast, 8 steps; exits 6 and 12), its loss history and a cast fit."""
+    report = {"settings": {"init": "cast"}, "training": {"steps": 8},
+              "logit_lens": {"6": _metrics(20.5, 0.01), "12": _metrics(24.25, 0.0)},
+              "before": {"6": _metrics(6.0, 0.15), "12": _metrics(5.5, 0.2), "original": _metrics(3.875, 0.3)},
+              "after": {"6": _metrics(5.875, 0.16), "12": _metrics(5.25, 0.21), "original": _metrics(3.875, 0.3)}}
+    (tmp_path / "training.json").write_text(json.dumps(report))
+    history = [{"step": s, "exit_losses": {"6": 6.5 - 0.1 * s, "12": 6.0 - 0.1 * s}} for s in range(1, 9)]
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    cast = {"heldout_lm": {"6": {"cast": _metrics(6.125, 0.14), "logit_lens": _metrics(20.5, 0.01)},
+                           "original": _metrics(3.875, 0.3)}}
+    (tmp_path / "cast_fit.json").write_text(json.dumps(cast))
+    manifest["models"]["m"] = {"num_layers": 24, "training_report": str(tmp_path / "training.json"),
+                               "training_history": str(tmp_path / "history.json"), "cast_fit": str(tmp_path / "cast_fit.json")}
+    return manifest
+
+
+def test_exits_table_lists_each_reading_beside_the_original_head(exits_manifest, tmp_path):
+    md = Path(write_tables(exits_manifest, tmp_path / "tables")["exits_md"]).read_text()
+    lines = md.splitlines()
+    assert "held-out next-token cross-entropy" in lines[0] and "(1016 tokens)" in lines[0]
+    # columns: logit lens, the initial heads named by their init, the cast fit, the trained heads by their steps
+    assert "| model | exit | logit lens | init: cast | cast map (fit_cast) | after 8 steps |" in md
+    assert "| m | 6 | 20.500 (0.010) | 6.000 (0.150) | 6.125 (0.140) | 5.875 (0.160) |" in md
+    assert "| m | 12 | 24.250 (0.000) | 5.500 (0.200) | - | 5.250 (0.210) |" in md  # no cast fit at 12
+    assert "| m | original head | - | 3.875 (0.300) | 3.875 (0.300) | 3.875 (0.300) |" in md
+    assert lines.index("| m | 6 | 20.500 (0.010) | 6.000 (0.150) | 6.125 (0.140) | 5.875 (0.160) |") < \
+        lines.index("| m | 12 | 24.250 (0.000) | 5.500 (0.200) | - | 5.250 (0.210) |") < \
+        lines.index("| m | original head | - | 3.875 (0.300) | 3.875 (0.300) | 3.875 (0.300) |")
+
+
+def test_exits_table_without_training_says_so(manifest, tmp_path):
+    md = Path(write_tables(manifest, tmp_path / "tables")["exits_md"]).read_text()
+    assert "No exit was trained or fitted in this grid." in md and "| model | exit |" in md
+
+
+def _generations(path: Path, texts: dict[str, str]) -> str:
+    rows = [{"id": i, "prompt": f"prompt {i}", "reference": f"ref {i}", "generation": text, "n_new_tokens": len(text.split()),
+             "stop_reason": "length"} for i, text in texts.items()]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_examples_show_one_prompt_under_greedy_middle_acd_and_top_p(tmp_path):
+    gens = []
+
+    def add(label, method, params, seed, texts):
+        generations = _generations(tmp_path / f"{label}.jsonl", texts)
+        scores = tmp_path / f"{label}.json"
+        scores.write_text(json.dumps({"generations": generations, "metrics": {}}))
+        gens.append({"model": "m", "label": label, "method": method, "params": params, "seed": seed,
+                     "dataset": "news", "scores": str(scores)})
+
+    # ids in file order z, a: the smallest id ('a') is shown, wherever it sits in the file
+    add("greedy", "greedy", {}, 0, {"z": "greedy z", "a": "greedy a\nsecond line"})
+    add("top-p-seed1", "top_p", {"top_p": 0.9}, 1, {"z": "top-p 1 z", "a": "top-p 1 a"})
+    add("acd-6", "acd", {"upper": "original", "lower": 6}, 0, {"z": "acd6 z", "a": "acd6 a"})
+    add("acd-12", "acd", {"upper": "original", "lower": 12}, 0, {"z": "acd12 z", "a": "acd12 a"})  # 12 = 24 / 2
+    add("acd-18", "acd", {"upper": "original", "lower": 18}, 0, {"z": "acd18 z", "a": "acd18 a"})
+    add("top-p-seed0", "top_p", {"top_p": 0.9}, 0, {"z": "top-p 0 z", "a": "top-p 0 a"})
+    add("exit-6", "exit", {"layer": 6}, 0, {"z": "exit z", "a": "exit a"})
+    manifest = {"models": {"m": {"num_layers": 24}}, "generations": gens}
+    md = examples_markdown(manifest)
+    assert "### m / news, prompt `a`" in md
+    assert "> prompt a" in md and "prompt z" not in md
+    assert "> greedy a\n> second line" in md  # every line of a continuation stays inside the quote
+    assert "**acd-12** (acd, 2 new tokens)" in md and "> acd12 a" in md
+    assert "**top-p-seed0** (top_p, 3 new tokens)" in md and "> top-p 0 a" in md
+    for absent in ("acd6", "acd18", "top-p 1", "exit a"):
+        assert absent not in md
+    assert md.index("greedy a") < md.index("acd12 a") < md.index("top-p 0 a")
+    # an explicit prompt id
+    assert "> acd12 z" in examples_markdown(manifest, prompt_id="z")
+
+
+def test_training_figure_draws_held_out_losses(exits_manifest, tmp_path):
+    paths = write_figures(exits_manifest, tmp_path / "figures", ["png"])
+    assert any(p.name == "training_loss.png" and p.stat().st_size > 1000 for p in paths)
+    from multiexit.pipeline.figures import training_loss_figure
+
+    ax = training_loss_figure(exits_manifest).axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "original head, held-out (3.88)" in labels
+    dashed = [line for line in ax.get_lines() if line.get_label().startswith("original head")][0]
+    assert list(dashed.get_ydata()) == [3.875, 3.875]
+    points = {(float(line.get_xdata()[0]), float(line.get_ydata()[0])) for line in ax.get_lines()
+              if len(line.get_xdata()) == 1}
+    assert {(0.0, 6.0), (8.0, 5.875), (0.0, 5.5), (8.0, 5.25)} <= points

@@ -6,7 +6,8 @@
   accuracy of each exit (one line per model and task);
 * ``benchmark_amateur_layer``: lm-eval accuracy against the amateur layer for each ACD upper head,
   beside the accuracy of each exit alone and of the original head;
-* ``training_loss``: per-exit training loss against the optimizer step, one panel per model;
+* ``training_loss``: per-exit training loss against the optimizer step, one panel per model, with the training
+  report's held-out losses (original head: dashed line; each exit's initial and trained head: markers);
 * ``diversity_mauve``: diversity against MAUVE, one point per (model, dataset, decoding setting).
 
 Rows are selected, grouped and sorted on setting values from the tidy table (a row with a ``lower``
@@ -237,6 +238,31 @@ def benchmark_amateur_figure(frame: pd.DataFrame, metric: str = "acc"):
     return fig
 
 
+def _heldout_marks(ax, spec: dict) -> None:
+    """The training report's held-out losses on a loss curve: the original head as a dashed line, and each
+    exit's initial (open marker, step 0) and trained (filled marker, last step) heads, in its curve's colour."""
+    import json
+
+    if not spec.get("training_report"):
+        return
+    report = json.loads(Path(spec["training_report"]).read_text())
+    original = (report.get("after") or report.get("before") or {}).get("original", {}).get("cross_entropy")
+    if original is not None:
+        ax.axhline(original, color="black", linestyle="--", linewidth=1, label=f"original head, held-out ({original:.2f})")
+    steps = (report.get("training") or {}).get("steps") or 0
+    colors = {line.get_label(): line.get_color() for line in ax.get_lines()}
+    for layer in sorted((k for k in (report.get("after") or {}) if str(k).isdigit()), key=int):
+        color = colors.get(f"exit {layer}", "gray")
+        before = (report.get("before") or {}).get(layer, {}).get("cross_entropy")
+        after = report["after"][layer].get("cross_entropy")
+        if before is not None:
+            ax.plot([0], [before], marker="o", fillstyle="none", color=color, linestyle="none")
+        if after is not None:
+            ax.plot([steps], [after], marker="o", color=color, linestyle="none")
+    ax.plot([], [], marker="o", fillstyle="none", color="gray", linestyle="none", label="held-out: initial head")
+    ax.plot([], [], marker="o", color="gray", linestyle="none", label="held-out: trained head")
+
+
 def training_loss_figure(manifest: dict):
     plt = _plt()
     models = [(name, spec["training_history"]) for name, spec in manifest["models"].items() if spec.get("training_history")]
@@ -248,6 +274,7 @@ def training_loss_figure(manifest: dict):
         for exit_, points in sorted(curves.items(), key=lambda item: (not item[0].isdigit(), int(item[0]) if item[0].isdigit() else 0)):
             steps, losses = zip(*points) if points else ((), ())
             ax.plot(steps, losses, label=f"exit {exit_}")
+        _heldout_marks(ax, manifest["models"][name])
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("training loss (nats/token)")
         ax.set_title(name)

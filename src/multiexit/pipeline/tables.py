@@ -13,7 +13,10 @@ JSONs, and the head-training reports. Output:
 * ``generation.{md,tex}`` -- decoding settings x datasets with the chosen score metrics (the paper's
   first table); with several seeds a cell is the mean over seeds with its std and n;
 * ``benchmarks.{md,tex}`` -- benchmark tasks x (original head, exits, ACD) (the paper's second table),
-  columns ordered by their layer values.
+  columns ordered by their layer values;
+* ``exits.md`` -- held-out loss of every exit per way of reading it (logit lens, initial heads, cast map,
+  trained heads) beside the original head's, from the training reports and cast fits;
+* ``examples.md`` -- one prompt's greedy, ACD and top-p continuations side by side.
 
 No code here reads a setting's label to find its method or layers: labels are only displayed.
 """
@@ -461,8 +464,177 @@ def generation_caption(manifest: dict, metrics: list[str], frame: pd.DataFrame) 
     return caption
 
 
+# ------------------------------------------------------------------------------------ exits and examples
+
+#: the readings of an exit a training report or a cast fit holds, in table order
+EXIT_READINGS = ("logit_lens", "before", "cast", "after")
+
+
+def exit_quality(manifest: dict) -> list[dict]:
+    """Held-out next-token loss of every exit, per way of reading it, from each model's training report
+    (``logit_lens``, ``before`` = the initial heads, ``after`` = the trained heads, and the original head) and,
+    where the manifest names one (``cast_fit``), its cast fit (``cast``, ``logit_lens``, original).
+
+    Returns ``{model, layer (int or 'original'), reading, cross_entropy, top1_accuracy, tokens, source}`` rows.
+    """
+    rows = []
+    for model, spec in manifest["models"].items():
+        if spec.get("training_report"):
+            report = _read_json(spec["training_report"])
+            for reading in ("logit_lens", "before", "after"):
+                for layer, metrics in (report.get(reading) or {}).items():
+                    rows.append(_quality_row(model, layer, reading, metrics, "training"))
+        if spec.get("cast_fit"):
+            fit = _read_json(spec["cast_fit"])
+            for layer, readings in (fit.get("heldout_lm") or {}).items():
+                if layer == "original":
+                    rows.append(_quality_row(model, layer, "cast", readings, "cast_fit"))
+                    continue
+                for reading, metrics in readings.items():
+                    rows.append(_quality_row(model, layer, reading, metrics, "cast_fit"))
+    return rows
+
+
+def _quality_row(model: str, layer, reading: str, metrics: dict, source: str) -> dict:
+    return {"model": model, "layer": int(layer) if str(layer).isdigit() else str(layer), "reading": reading,
+            "cross_entropy": _number(metrics.get("cross_entropy")), "top1_accuracy": _number(metrics.get("top1_accuracy")),
+            "tokens": metrics.get("tokens"), "source": source}
+
+
+def _reading_names(manifest: dict) -> dict[str, str]:
+    """Column names: the initial heads are named by the init method, the trained ones by their steps."""
+    names = {"logit_lens": "logit lens", "before": "initial heads", "cast": "cast map (fit_cast)", "after": "trained heads"}
+    inits = set()
+    steps = set()
+    for spec in manifest["models"].values():
+        if spec.get("training_report"):
+            report = _read_json(spec["training_report"])
+            inits.add((report.get("settings") or {}).get("init"))
+            steps.add((report.get("training") or {}).get("steps"))
+    if len(inits) == 1 and None not in inits:
+        names["before"] = f"init: {inits.pop()}"
+    if len(steps) == 1 and None not in steps:
+        names["after"] = f"after {steps.pop()} steps"
+    return names
+
+
+def exits_table(manifest: dict) -> tuple[list[str], list[list[str]], str]:
+    """(header, rows, caption) of the exits table: one row per (model, exit) and one for the original head,
+    one column per reading; a cell is the held-out cross-entropy in nats/token with the top-1 accuracy."""
+    rows = exit_quality(manifest)
+    readings = [r for r in EXIT_READINGS if any(row["reading"] == r for row in rows)]
+    names = _reading_names(manifest)
+    header = ["model", "exit", *[names[r] for r in readings]]
+    cells: dict[tuple, dict[str, str]] = {}
+    for row in rows:
+        if row["cross_entropy"] is None:
+            continue
+        text = _fmt(row["cross_entropy"])
+        if row["top1_accuracy"] is not None:
+            text += f" ({_fmt(row['top1_accuracy'])})"
+        cells.setdefault((row["model"], row["layer"]), {})[row["reading"]] = text
+    def order(key):
+        model, layer = key
+        return (list(manifest["models"]).index(model), isinstance(layer, str), layer if isinstance(layer, int) else 0)
+    body = []
+    for key in sorted(cells, key=order):
+        model, layer = key
+        label = "original head" if layer == "original" else str(layer)
+        body.append([model, label, *[cells[key].get(r, "-") for r in readings]])
+    tokens = sorted({row["tokens"] for row in rows if row["tokens"]})
+    caption = ("Exits: held-out next-token cross-entropy (nats/token; top-1 accuracy in brackets) of each exit per "
+               "way of reading it, on the held-out slice of the head-training corpus")
+    if tokens:
+        caption += f" ({'/'.join(str(t) for t in tokens)} tokens)"
+    caption += ("; the original head's row is what an exit would reach at best, and ln(vocabulary size) is a uniform "
+                "guess. Logit lens: the original head on the final-normed layer state; cast map: the original head "
+                "on a least-squares map of it to the top layer.")
+    if not body:
+        caption += " No exit was trained or fitted in this grid."
+    return header, body, caption
+
+
+def _generation_files(scores: dict) -> list[str]:
+    files = scores.get("generations") or []
+    return [files] if isinstance(files, str) else list(files)
+
+
+def example_settings(manifest: dict, methods: tuple[str, ...] = ("greedy", "acd", "top_p")) -> list[dict]:
+    """The manifest generation entries shown side by side: per model and dataset, the first of each method in
+    grid order (lowest seed). For ACD, the setting whose amateur (``lower``) is nearest the model's middle layer
+    (num_layers / 2, as the paper's GPT-2 Medium pair original vs 12 of 24; ties: the lower layer)."""
+    picked = []
+    groups = list(dict.fromkeys((e["model"], e["dataset"]) for e in manifest["generations"]))
+    for model, dataset in groups:
+        middle = manifest["models"].get(model, {}).get("num_layers", 0) / 2
+        entries = [e for e in manifest["generations"] if (e["model"], e["dataset"]) == (model, dataset)]
+        for method in methods:
+            candidates = [e for e in entries if e["method"] == method]
+            if not candidates:
+                continue
+            def key(entry):
+                lower = entry.get("params", {}).get("lower")
+                distance = abs(lower - middle) if method == "acd" and isinstance(lower, int) else 0
+                return (distance, lower if isinstance(lower, int) else 0, entry.get("seed") or 0)
+            picked.append(min(candidates, key=key))  # min keeps grid order among equal keys
+    return picked
+
+
+def example_continuations(manifest: dict, prompt_id: str | None = None) -> list[dict]:
+    """One prompt's continuations under :func:`example_settings`: per (model, dataset) the prompt ``prompt_id``,
+    or the smallest id the first setting's generations hold (ids compared as text)."""
+    out = []
+    by_group: dict[tuple, list[dict]] = {}
+    for entry in example_settings(manifest):
+        by_group.setdefault((entry["model"], entry["dataset"]), []).append(entry)
+    for (model, dataset), entries in by_group.items():
+        texts = []
+        for entry in entries:
+            rows = {}
+            for path in _generation_files(_read_json(entry["scores"])):
+                with open(path) as handle:
+                    for line in handle:
+                        if line.strip():
+                            row = json.loads(line)
+                            rows[str(row["id"])] = row
+            texts.append((entry, rows))
+        chosen = prompt_id if prompt_id is not None else min(texts[0][1]) if texts and texts[0][1] else None
+        if chosen is None:
+            continue
+        prompt = next((rows[chosen]["prompt"] for _, rows in texts if chosen in rows), None)
+        reference = next((rows[chosen].get("reference") for _, rows in texts if chosen in rows), None)
+        out.append({"model": model, "dataset": dataset, "id": chosen, "prompt": prompt, "reference": reference,
+                    "continuations": [{"setting": e["label"], "method": e["method"],
+                                       "text": rows[chosen]["generation"] if chosen in rows else None,
+                                       "n_new_tokens": rows[chosen].get("n_new_tokens") if chosen in rows else None}
+                                      for e, rows in texts]})
+    return out
+
+
+def _quote(text: str) -> str:
+    return "\n".join("> " + line if line else ">" for line in str(text).split("\n"))
+
+
+def examples_markdown(manifest: dict, prompt_id: str | None = None) -> str:
+    """Markdown: per (model, dataset), the prompt, then each continuation as a block quote under its setting."""
+    parts = ["Side by side: one prompt's continuations (greedy, ACD of the original head against the exit nearest "
+             "the middle layer, top-p), copied verbatim from the generation files.\n"]
+    examples = example_continuations(manifest, prompt_id)
+    if not examples:
+        parts.append("No greedy, ACD or top-p generations in this grid.\n")
+    for example in examples:
+        parts.append(f"### {example['model']} / {example['dataset']}, prompt `{example['id']}`\n")
+        parts.append("**Prompt**\n\n" + _quote(example["prompt"]) + "\n")
+        for item in example["continuations"]:
+            tokens = f", {item['n_new_tokens']} new tokens" if item["n_new_tokens"] is not None else ""
+            text = item["text"] if item["text"] is not None else "(no continuation for this prompt)"
+            parts.append(f"**{item['setting']}** ({item['method']}{tokens})\n\n" + _quote(text) + "\n")
+    return "\n".join(parts)
+
+
 def write_tables(manifest: dict, output_dir: str | Path) -> dict[str, Path]:
-    """Write results.csv, generation.{md,tex}, benchmarks.{md,tex} into ``output_dir`` (atomically each)."""
+    """Write results.csv, generation.{md,tex}, benchmarks.{md,tex}, exits.md, examples.md into ``output_dir``
+    (atomically each)."""
     from multiexit.io import atomic_write_text as write_text_atomic
 
     output_dir = Path(output_dir)
@@ -489,4 +661,8 @@ def write_tables(manifest: dict, output_dir: str | Path) -> dict[str, Path]:
     paths["benchmarks_md"] = write_text_atomic(output_dir / "benchmarks.md", f"{caption}\n\n" + markdown_table(header, _render(rows, "md")))
     paths["benchmarks_tex"] = write_text_atomic(output_dir / "benchmarks.tex", latex_table(
         header, _render(rows, "tex"), caption, "tab:benchmarks", 3, escape_cells=False))
+
+    header, rows, caption = exits_table(manifest)
+    paths["exits_md"] = write_text_atomic(output_dir / "exits.md", f"{caption}\n\n" + markdown_table(header, rows))
+    paths["examples_md"] = write_text_atomic(output_dir / "examples.md", examples_markdown(manifest))
     return paths
