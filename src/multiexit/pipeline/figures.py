@@ -18,13 +18,14 @@ missing, so the workflow's outputs stay fixed.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from multiexit.pipeline.results import read_loss_history
+from multiexit.stages.train_heads.report import draw_loss_history
 from multiexit.pipeline.tables import METRIC_NAMES, setting_columns, setting_key, tidy_results, value_order
 
 FIGURES = ("amateur_layer", "exit_layer", "benchmark_amateur_layer", "training_loss", "diversity_mauve")
@@ -270,15 +271,8 @@ def training_loss_figure(manifest: dict):
     if not models:
         _empty(axes[0][0], "no exit heads are trained in this grid")
     for ax, (name, path) in zip(axes[0], models):
-        curves = read_loss_history(path)
-        for exit_, points in sorted(curves.items(), key=lambda item: (not item[0].isdigit(), int(item[0]) if item[0].isdigit() else 0)):
-            steps, losses = zip(*points) if points else ((), ())
-            ax.plot(steps, losses, label=f"exit {exit_}")
+        draw_loss_history(ax, json.loads(Path(path).read_text()), title=name)
         _heldout_marks(ax, manifest["models"][name])
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("training loss (nats/token)")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Exit-head training loss")
     return fig

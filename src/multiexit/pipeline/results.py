@@ -21,12 +21,3 @@ def read_training_report(path: str | Path) -> dict:
             exits.append({"layer": int(layer) if str(layer).isdigit() else str(layer), "stage": stage, "metrics": metrics})
     return {"corpus": corpus, "exits": exits, "training": data.get("training", {})}
 
-
-def read_loss_history(path: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """``{exit: [(step, loss), ...]}`` from the history JSON (a list of {step, exit_losses})."""
-    history = json.loads(Path(path).read_text())
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for item in history:
-        for exit_, loss in item["exit_losses"].items():
-            curves.setdefault(str(exit_), []).append((int(item["step"]), float(loss)))
-    return curves
