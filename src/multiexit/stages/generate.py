@@ -39,7 +39,7 @@ import torch
 
 import multiexit.decoding.registry as decoding
 from multiexit.io import atomic_write_text
-from multiexit.inputs.models import check_dtype_name, dtype_name, load_model
+from multiexit.inputs.models import DTYPE_NAMES, check_dtype_name, dtype_name, load_model
 from multiexit.inputs.prompts import DatasetRequest, Prompt, load_prompts
 from multiexit.decoding.registry import DecodingSetting, derived_settings, parse_decoding
 from multiexit.seeding import seed_everything
@@ -105,7 +105,7 @@ def library_versions() -> dict:
 # ------------------------------------------------------------------------------ the run
 
 
-DTYPE_CHOICES = ("auto", *_DTYPES)
+DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
 
 
 def _check_method(value: str) -> None:
