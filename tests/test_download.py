@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from multiexit.pipeline.grid import load_config_files
+from multiexit.pipeline import load_config_files
 from multiexit.stages import download
 from multiexit.stages.download import DownloadError, Fetch, fetch_all, fetch_list, lm_eval_task_dataset
 
