@@ -7,8 +7,10 @@
 # The config is validated against workflow/schemas/config.schema.yaml (defaults filled in) and
 # then checked and expanded by multiexit.pipeline.build_plan before any job is planned: a bad
 # key stops the run here, naming the key. See docs/pipeline.md.
+import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -58,9 +60,11 @@ wildcard_constraints:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
 include: "workflow/rules/prepare_models.smk"
 include: "workflow/rules/train_heads.smk"
 include: "workflow/rules/fit_cast.smk"
+include: "workflow/rules/prompts.smk"
 include: "workflow/rules/generate.smk"
 include: "workflow/rules/score.smk"
 include: "workflow/rules/lm_eval.smk"

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    generation.run_generation(run, args.output, shard=settings.shard, device=settings.device, progress=not args.no_progress)
+    generation.run_generation(run, args.output, shard=settings.shard, device=settings.device, progress=not args.no_progress,
+                              prompts=settings.load_prompts())
     return 0
 
 

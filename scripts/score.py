@@ -22,7 +22,11 @@ KEYS = {
     "mauve_seed": "k-means seed",
     "mauve_num_buckets": "'auto' (= n/10) or an integer",
     "coherence_model": "SimCSE Hub name / folder (CLS pooler output) or a sentence-transformers folder",
+    "coherence_max_tokens": "texts cut to this many coherence-encoder tokens (SimCSE's tool: 128)",
+    "coherence_pooler": "auto, cls or cls_before_pooler: the coherence encoder's sentence vector",
     "perplexity_model": "evaluator LM for metric 'perplexity' (required with it)",
+    "bootstrap_resamples": "bootstrap resamples of the 95% intervals of per-prompt metrics",
+    "bootstrap_seed": "bootstrap seed",
     "batch_size": "featurizer / encoder batch size",
     "device": "auto, cpu, cuda, ...",
 }

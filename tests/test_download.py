@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from multiexit.pipeline.grid import load_config_files
+from multiexit.pipeline import load_config_files
 from multiexit.stages import download
 from multiexit.stages.download import DownloadError, Fetch, fetch_all, fetch_list, lm_eval_task_dataset
 
@@ -119,3 +119,22 @@ def test_download_script_dry_run(capsys):
     assert module.main(["--configfile", str(REPO / "config" / "paper.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "bigscience-data/roots_en_wikinews" in out and "(gated)" in out
+
+
+@pytest.mark.parametrize("config", ["config/config.yaml", "tests/data/tiny_config.yaml"])
+def test_offline_configs_have_nothing_to_fetch(config, tmp_path, capsys, monkeypatch):
+    """The download job of the demo and tiny configs (local and package sources only) succeeds offline, fetching nothing."""
+    import importlib.util
+    import json
+
+    from multiexit.pipeline import build_plan
+
+    plan = build_plan(load_config_files(REPO / config), REPO / "workflow" / "schemas" / "config.schema.yaml")
+    spec = importlib.util.spec_from_file_location("download_script", REPO / "scripts" / "download.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    report = tmp_path / "report.json"
+    assert script.main(["--config-json", json.dumps(plan.config), "--output", str(report)]) == 0
+    assert "nothing to fetch" in capsys.readouterr().out
+    assert json.loads(report.read_text()) == {"hf_cache": None, "items": []}

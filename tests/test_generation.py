@@ -313,3 +313,33 @@ def test_every_registered_method_runs_the_same_way(tmp_path, tiny_model_dir, tin
             assert derived["candidate_layers"] and all(layer < derived["num_layers"] for layer in derived["candidate_layers"])
         if name == "contrastive_decoding":
             assert meta["decoding_derived"]["amateur_parameters"] > 0
+
+
+@pytest.mark.parametrize("method, params", [("greedy", {}), ("top_k", {"top_k": 20})])
+def test_min_new_tokens_equal_to_max_gives_full_rows(tmp_path, tiny_model_dir, tiny_loaded, method, params):
+    run = make_run(tiny_model_dir, method, params, DATASET, max_new_tokens=7, min_new_tokens=7, batch_size=3, seed=3)
+    rows = read_jsonl(run_generation(run, tmp_path / "run.jsonl", progress=False, model_and_tokenizer=tiny_loaded))
+    assert len(rows) == DATASET["num_prompts"] and all(row["n_new_tokens"] == 7 for row in rows)
+    assert json.loads(meta_path(tmp_path / "run.jsonl").read_text())["settings"]["min_new_tokens"] == 7
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        make_run(tiny_model_dir, method, params, DATASET, max_new_tokens=7, min_new_tokens=8)
+
+
+def test_a_prompt_set_file_gives_the_same_rows(tmp_path, tiny_model_dir, tiny_loaded):
+    from multiexit.stages.prompts import prepare_prompt_set
+
+    prepare_prompt_set(DATASET, tiny_loaded[1], tmp_path / "prompts.jsonl")
+    settings = generation.GenerateSettings.from_dict({"method": "greedy", "dataset": DATASET, "max_new_tokens": 4,
+                                                      "batch_size": 2, "prompts": str(tmp_path / "prompts.jsonl")})
+    run = settings.make_run(tiny_model_dir)
+    from_file = run_generation(run, tmp_path / "file.jsonl", progress=False, model_and_tokenizer=tiny_loaded,
+                               prompts=settings.load_prompts())
+    built = run_generation(make_run(tiny_model_dir, "greedy", {}, DATASET, max_new_tokens=4, batch_size=2), tmp_path / "built.jsonl",
+                           progress=False, model_and_tokenizer=tiny_loaded)
+    assert Path(from_file).read_bytes() == Path(built).read_bytes()
+    meta = json.loads(meta_path(from_file).read_text())
+    assert meta["settings"]["prompt_set"]["n_prompts"] == DATASET["num_prompts"] and len(meta["settings"]["prompt_set"]["sha256"]) == 64
+    other = generation.GenerateSettings.from_dict({"method": "greedy", "dataset": {**DATASET, "num_prompts": 5},
+                                                   "prompts": str(tmp_path / "prompts.jsonl")})
+    with pytest.raises(ValueError, match="was built for"):
+        other.make_run(tiny_model_dir)

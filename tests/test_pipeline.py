@@ -53,12 +53,14 @@ def test_paper_config_dry_run_plans_every_job_offline():
     elapsed = time.monotonic() - started
     assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
     counts = _job_stats(run.stdout + run.stderr)
-    # gpt2-medium: 7 baselines + 12 exits + 2 ACD + 10 sweep = 31 settings; gpt-neo-125m: 7 + 6 + 2 + 4 = 19;
-    # gpt2-xl: contrastive decoding only = 1.  51 settings x 3 datasets = 153 scores, x 8 shards = 1224 generations.
+    # released heads: nothing trained. Settings (decoding entries' `datasets` restrict them):
+    # gpt2-medium: greedy x 4 datasets + 6 baselines (dola: low, high) x 3 + 12 exits x 3 + 2 ACD x 4 + 10 sweep x 3 = 96;
+    # gpt-neo-125m: 4 + 18 + 6 x 3 + 2 x 4 + 4 x 3 = 60; gpt2-xl: contrastive decoding on wikitext-cd = 1.
+    # 157 scores, x 8 shards = 1256 generations; prompt sets: 4 + 4 + 1 (dataset, model) pairs = 9.
     # lm-eval: gpt2-medium (original + 12 exits + 1 ACD) x 6 tasks = 84, gpt-neo-125m (1 + 6 + 1) x 6 = 48.
     assert counts == {
-        "prepare_model": 4, "train_heads": 2, "generate": 1224, "merge_generations": 153, "score": 153,
-        "lm_eval": 132, "manifest": 1, "tables": 1, "figures": 1, "all": 1, "total": 1672,
+        "download": 1, "prepare_model": 4, "prompt_set": 9, "generate": 1256, "merge_generations": 157, "score": 157,
+        "lm_eval": 132, "manifest": 1, "tables": 1, "figures": 1, "all": 1, "total": 1720,
     }
     assert elapsed < 240, f"planning the paper grid took {elapsed:.0f}s"
 
@@ -239,7 +241,7 @@ def test_tiny_config_end_to_end_with_interruption(tiny_local_run):
     assert sum(line.startswith("| smollm2 |") for line in generation_md) == 2
     benchmarks_md = (results / "tables" / "benchmarks.md").read_text()
     assert "| smollm2 | lambada_news | acc |" in benchmarks_md
-    for name in ("amateur_layer", "exit_layer", "training_loss", "diversity_mauve"):
+    for name in ("amateur_layer", "exit_layer", "benchmark_amateur_layer", "training_loss", "diversity_mauve"):
         for fmt in ("png", "pdf"):
             assert (results / "figures" / f"{name}.{fmt}").stat().st_size > 1000
     cast = json.loads((results / "smollm2" / "cast" / "config.json").read_text())

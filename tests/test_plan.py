@@ -49,7 +49,13 @@ def test_plan_paths_come_from_the_layout():
     plan = build_plan(_tiny(), SCHEMA)
     assert plan.generation_shard("smollm2", "news", "greedy", 1) == plan.layout.path(
         "generation_shard", model="smollm2", dataset="news", label="greedy", shard=1)
-    assert plan.score_input("smollm2", "news", "greedy") == "results/tiny/smollm2/generations/news/greedy/all.jsonl"
+    # one shard: the score reads it directly; several: the merged file
+    assert plan.score_input("smollm2", "news", "greedy") == "results/tiny/smollm2/generations/news/greedy/shard-0.jsonl"
+    sharded = build_plan(_with(_tiny(), ["datasets", "news", "shards"], 2), SCHEMA)
+    assert sharded.score_input("smollm2", "news", "greedy") == "results/tiny/smollm2/generations/news/greedy/all.jsonl"
+    assert plan.prompt_set_path("news", "smollm2") == "results/tiny/prompts/news/smollm2.jsonl"
+    assert plan.prompt_set_jobs() == [("news", "smollm2")]
+    assert plan.download_report() == "results/tiny/download/report.json"
     assert plan.model_dir("smollm2") == "results/tiny/smollm2/cast"
 
 
@@ -60,12 +66,14 @@ def test_every_job_spec_is_its_stage_settings():
     from multiexit.stages.prepare import PrepareSettings
     from multiexit.stages.score import ScoreSettings
 
-    plan = build_plan(_tiny(), SCHEMA)
+    plan = build_plan(_with(_tiny(), ["datasets", "news", "shards"], 2), SCHEMA)
     generate = GenerateSettings.from_json(plan.generate_spec("smollm2", "news", "acd-original-6-a0.1", 1))
     assert (generate.method, generate.shard, generate.num_shards, generate.batch_size, generate.max_new_tokens) == ("acd", 1, 2, 4, 12)
     assert generate.params["alpha"] == 0.1 and generate.device == "cpu"
-    assert generate.dataset == {"name": "gensim-lee", "num_prompts": 4, "prompt_tokens": 16, "min_reference_tokens": 16,
+    assert generate.dataset == {"name": "lee_background", "num_prompts": 4, "prompt_tokens": 16, "min_reference_tokens": 16,
                                 "max_reference_tokens": 32}
+    assert generate.prompts == "results/tiny/prompts/news/smollm2.jsonl" and generate.min_new_tokens == 0
+    assert generate.dtype == "auto"
     cast = FitCastSettings.from_json(plan.cast_spec("smollm2"))
     assert cast.layers == (6,) and cast.num_positions == 256 and cast.batch_size == FitCastSettings.batch_size
     assert PrepareSettings.from_json(plan.prepare_spec("smollm2")).exits == (6, 15)
@@ -153,3 +161,50 @@ def test_bad_lm_eval_pairs_name_the_key(acd, key, text):
     with pytest.raises(ConfigError) as info:
         build_plan(_with(_tiny(), ["lm_eval", "acd"], acd), SCHEMA)
     assert info.value.key == key and text in str(info.value), str(info.value)
+
+
+def test_decoding_datasets_restrict_jobs_and_manifest():
+    config = _with(_tiny(), ["datasets", "other"], {"name": "lee_background", "num_prompts": 4, "new_tokens": 8})
+    config["decoding"][1]["datasets"] = ["other"]
+    plan = build_plan(config, SCHEMA)
+    assert plan.setting("smollm2", "greedy").datasets == ("news", "other")
+    assert plan.setting("smollm2", "acd-original-6-a0.1").datasets == ("other",)
+    scores = {(d, label) for _, d, label in plan.score_jobs()}
+    assert scores == {("news", "greedy"), ("other", "greedy"), ("other", "acd-original-6-a0.1")}
+    assert {(g["dataset"], g["label"]) for g in plan.manifest()["generations"]} == scores
+    assert {(d, label) for _, d, label, _ in plan.generation_jobs()} == scores
+    config["decoding"][1]["datasets"] = ["other", "nope"]
+    with pytest.raises(ConfigError) as err:
+        build_plan(config, SCHEMA)
+    assert err.value.key == "decoding[1].datasets[1]"
+
+
+def test_hf_cache_dtype_and_min_new_tokens():
+    from multiexit.stages.fit_cast import FitCastSettings
+    from multiexit.stages.generate import GenerateSettings
+
+    plan = build_plan(_tiny(), SCHEMA)
+    assert plan.hf_cache is None and plan.hf_env() == "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1"
+    assert "dtype" not in plan.lm_eval_model_args("smollm2", "lambada_news", "original")
+    config = _with(_with(_tiny(), ["hf_cache"], "/shared/hf cache"), ["dtype"], "bfloat16")
+    config["datasets"]["news"]["min_new_tokens"] = 12
+    plan = build_plan(config, SCHEMA)
+    assert plan.hf_env() == "HF_HOME='/shared/hf cache' HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1"
+    generate = GenerateSettings.from_json(plan.generate_spec("smollm2", "news", "greedy", 0))
+    assert generate.dtype == "bfloat16" and generate.min_new_tokens == 12
+    assert FitCastSettings.from_json(plan.cast_spec("smollm2")).dtype == "bfloat16"
+    assert json.loads(plan.train_spec("smollm2"))["dtype"] == "bfloat16"
+    assert "dtype=bfloat16" in plan.lm_eval_model_args("smollm2", "lambada_news", "original")
+    with pytest.raises(ConfigError) as err:
+        build_plan(_with(config, ["datasets", "news", "min_new_tokens"], 13), SCHEMA)
+    assert err.value.key == "datasets.news.min_new_tokens"
+    with pytest.raises(ConfigError) as err:
+        build_plan(_with(config, ["dtype"], "float8"), SCHEMA)
+    assert err.value.key == "dtype"
+
+
+def test_paper_config_plans_with_cd_protocol_running_to_full_length():
+    plan = build_plan(load_config_files(REPO / "config" / "paper.yaml"), SCHEMA)
+    assert plan.stages["datasets"]["wikitext-cd"]["min_new_tokens"] == 256
+    assert plan.stages["datasets"]["wikitext"]["min_new_tokens"] == 0
+    assert plan.settings["gpt2-xl"][0].datasets == ("wikitext-cd",)

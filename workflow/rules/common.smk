@@ -20,8 +20,9 @@ def generation_inputs(wc):
     setting = PLAN.setting(wc.model, wc.label)
     return {
         "model": PLAN.model_dir(wc.model),
-        "refs": PLAN.referenced_model_dirs(setting.params)
-        + PLAN.referenced_model_dirs(PLAN.datasets[wc.dataset]),
+        "prompts": PLAN.prompt_set_path(wc.dataset, wc.model),
+        "refs": PLAN.referenced_model_dirs(setting.params),
+        "download": LAYOUT.download_report,
     }
 
 
@@ -29,6 +30,7 @@ def score_inputs(wc):
     return {
         "generations": PLAN.score_input(wc.model, wc.dataset, wc.label),
         "refs": PLAN.referenced_model_dirs(PLAN.config["metrics"]),
+        "download": LAYOUT.download_report,
     }
 
 

@@ -8,6 +8,7 @@ rule fit_cast:
     input:
         model=lambda wc: PLAN.cast_input(wc.model),
         refs=lambda wc: PLAN.referenced_model_dirs(PLAN.models[wc.model]["cast"]),
+        download=LAYOUT.download_report,
     output:
         checkpoint=directory(LAYOUT.cast),
         metrics=LAYOUT.cast_report,
@@ -23,6 +24,7 @@ rule fit_cast:
     params:
         script=f"{SCRIPTS}/fit_cast.py",
         spec=lambda wc: PLAN.cast_spec(wc.model),
+        env=PLAN.hf_env(),
     shell:
-        "python {params.script} --model {input.model:q} --spec {params.spec:q}"
+        "{params.env} python {params.script} --model {input.model:q} --spec {params.spec:q}"
         " --output-dir {output.checkpoint:q} --metrics {output.metrics:q} > {log:q} 2>&1"

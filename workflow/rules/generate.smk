@@ -20,8 +20,9 @@ rule generate:
     params:
         script=f"{SCRIPTS}/generate.py",
         spec=lambda wc: PLAN.generate_spec(wc.model, wc.dataset, wc.label, wc.shard),
+        env=PLAN.hf_env(),
     shell:
-        "python {params.script} --model {input.model:q} --spec {params.spec:q}"
+        "{params.env} python {params.script} --model {input.model:q} --spec {params.spec:q}"
         " --threads {threads} --no-progress --output {output.generations:q}"
         " > {log:q} 2>&1"
 

@@ -5,6 +5,8 @@
 
 
 rule build_lm_eval_data:
+    input:
+        download=LAYOUT.download_report,
     output:
         LAYOUT.lm_eval_data,
     log:
@@ -19,14 +21,16 @@ rule build_lm_eval_data:
     params:
         script=f"{SCRIPTS}/make_lambada_local.py",
         spec=lambda wc: PLAN.lambada_spec(wc.task),
+        env=PLAN.hf_env(),
     shell:
-        "python {params.script} --output {output:q} --spec {params.spec:q} > {log:q} 2>&1"
+        "{params.env} python {params.script} --output {output:q} --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule lm_eval:
     input:
         model=lambda wc: PLAN.model_dir(wc.model),
         data=lambda wc: PLAN.lm_eval_task_inputs(wc.task),
+        download=LAYOUT.download_report,
     output:
         LAYOUT.lm_eval,
     log:
@@ -41,6 +45,7 @@ rule lm_eval:
     params:
         script=f"{SCRIPTS}/lm_eval_run.py",
         spec=lambda wc: PLAN.lm_eval_spec(wc.model, wc.task, wc.variant),
+        env=PLAN.hf_env(),
     shell:
-        "python {params.script} --spec {params.spec:q} --output {output:q}"
+        "{params.env} python {params.script} --spec {params.spec:q} --output {output:q}"
         " --threads {threads} > {log:q} 2>&1"

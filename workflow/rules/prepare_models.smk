@@ -4,6 +4,8 @@
 
 
 rule prepare_model:
+    input:
+        download=LAYOUT.download_report,
     output:
         directory(LAYOUT.base),
     log:
@@ -18,5 +20,6 @@ rule prepare_model:
     params:
         script=f"{SCRIPTS}/prepare_model.py",
         spec=lambda wc: PLAN.prepare_spec(wc.model),
+        env=PLAN.hf_env(),
     shell:
-        "python {params.script} --spec {params.spec:q} --output {output:q} > {log:q} 2>&1"
+        "{params.env} python {params.script} --spec {params.spec:q} --output {output:q} > {log:q} 2>&1"

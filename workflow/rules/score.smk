@@ -19,7 +19,8 @@ rule score:
     params:
         script=f"{SCRIPTS}/score.py",
         settings=PLAN.score_spec(),
+        env=PLAN.hf_env(),
     shell:
-        "python {params.script} --generations {input.generations:q}"
+        "{params.env} python {params.script} --generations {input.generations:q}"
         " --settings {params.settings:q} --threads {threads}"
         " --output {output:q} > {log:q} 2>&1"

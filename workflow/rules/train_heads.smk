@@ -9,6 +9,7 @@ rule train_heads:
     input:
         model=lambda wc: PLAN.base_dir(wc.model),
         refs=lambda wc: PLAN.referenced_model_dirs(PLAN.models[wc.model]["train"]),
+        download=LAYOUT.download_report,
     output:
         checkpoint=directory(LAYOUT.heads),
         metrics=LAYOUT.training_report,
@@ -28,8 +29,9 @@ rule train_heads:
         script=f"{SCRIPTS}/train_heads.py",
         spec=lambda wc: PLAN.train_spec(wc.model),
         checkpoints=lambda wc: LAYOUT.path("heads_checkpoints", model=wc.model),
+        env=PLAN.hf_env(),
     shell:
-        "python {params.script} --model {input.model:q} --spec {params.spec:q}"
+        "{params.env} python {params.script} --model {input.model:q} --spec {params.spec:q}"
         " --output-dir {output.checkpoint:q} --metrics {output.metrics:q}"
         " --loss-json {output.history:q} --loss-csv {output.history_csv:q}"
         " --loss-plot {output.plot:q} --checkpoint-dir {params.checkpoints:q}"

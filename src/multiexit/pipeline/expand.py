@@ -33,6 +33,7 @@ class Setting:
     source: str  # config key of the decoding entry it came from, e.g. "decoding[3]"
     search: str | None = None  # the search over the method's distribution (None: the method's own loop)
     search_params: dict = field(default_factory=dict)  # the search's full parameters
+    datasets: tuple[str, ...] = ()  # the datasets it generates on (the entry's `datasets`, default: every dataset)
 
     def as_dict(self) -> dict:
         return {"model": self.model, "label": self.label, "method": self.method, "params": self.params,
@@ -133,6 +134,14 @@ def expand_decoding(config: dict, models: dict, generating: list[str], check_ref
         for j, model in enumerate(targets):
             if model not in models:
                 raise ConfigError(f"{key}.models[{j}]", f"unknown model {model!r}; known: {', '.join(models)}")
+        all_datasets = list(config["datasets"])
+        for j, dataset in enumerate(entry.get("datasets", [])):
+            if dataset not in config["datasets"]:
+                raise ConfigError(f"{key}.datasets[{j}]", f"unknown dataset {dataset!r}; known: {', '.join(all_datasets)}")
+        if "datasets" in entry and not entry["datasets"]:
+            raise ConfigError(f"{key}.datasets", "an empty list generates on no dataset")
+        # in the config's dataset order, whatever the entry's
+        datasets = tuple(d for d in all_datasets if d in entry.get("datasets", all_datasets))
         check_refs(entry["params"], f"{key}.params")
         check_refs(entry["search_params"], f"{key}.search_params")
         search = entry.get("search")
@@ -163,7 +172,7 @@ def expand_decoding(config: dict, models: dict, generating: list[str], check_ref
                             "give one of them a distinct `label`"
                         )
                     settings[model].append(Setting(model, full_label, method, setting.wire_params(), seed, key,
-                                                   setting.search, dict(setting.search_params)))
+                                                   setting.search, dict(setting.search_params), datasets))
     return settings
 
 

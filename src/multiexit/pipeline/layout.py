@@ -17,6 +17,9 @@ from dataclasses import dataclass
 # output name -> template relative to results_dir
 TEMPLATES: dict[str, str] = {
     "manifest": "manifest.json",
+    "download_report": "download/report.json",
+    "prompt_set": "prompts/{dataset}/{model}.jsonl",
+    "prompt_set_meta": "prompts/{dataset}/{model}.meta.json",
     "base": "{model}/base",
     "heads": "{model}/heads",
     "heads_checkpoints": "{model}/heads.checkpoints",
@@ -43,6 +46,8 @@ TEMPLATES: dict[str, str] = {
 
 # rule -> the job part of its log and benchmark paths (logs/<rule>/<job>.log, benchmarks/<rule>/<job>.tsv)
 JOBS: dict[str, str | None] = {
+    "download": None,
+    "prompt_set": "{dataset}/{model}",
     "prepare_model": "{model}",
     "train_heads": "{model}",
     "fit_cast": "{model}",
@@ -59,7 +64,7 @@ JOBS: dict[str, str | None] = {
 # the tables rule's outputs: table name -> template name
 TABLES = {"csv": "table_csv", "generation_md": "table_generation_md", "generation_tex": "table_generation_tex",
           "benchmarks_md": "table_benchmarks_md", "benchmarks_tex": "table_benchmarks_tex"}
-FIGURES = ("amateur_layer", "exit_layer", "training_loss", "diversity_mauve")
+FIGURES = ("amateur_layer", "exit_layer", "benchmark_amateur_layer", "training_loss", "diversity_mauve")
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,23 @@ class Plan:
     def figure_paths(self) -> list[str]:
         return self.layout.figures(self.config["figures"]["formats"])
 
+    def prompt_set_path(self, dataset: str, model: str) -> str:
+        return self.layout.path("prompt_set", dataset=dataset, model=model)
+
+    def download_report(self) -> str:
+        return self.layout.download_report
+
+    @property
+    def hf_cache(self) -> str | None:
+        return self.config["hf_cache"]
+
+    def hf_env(self) -> str:
+        """Shell prefix of every job that reads a model or data set: the download job's cache, and no Hub access."""
+        import shlex
+
+        prefix = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1"
+        return prefix if not self.hf_cache else f"HF_HOME={shlex.quote(str(self.hf_cache))} {prefix}"
+
     def score_input(self, model: str, dataset: str, label: str) -> str:
         """The generation file a score reads: the only shard, or the merged file of several."""
         if self.shards(dataset) == 1:
@@ -123,8 +140,14 @@ class Plan:
         return GenerateSettings(
             method=setting.method, params=self.resolve_refs(setting.params), dataset=self.dataset_request(dataset),
             seed=setting.seed, num_shards=request["shards"], shard=int(shard), max_new_tokens=request["new_tokens"],
-            **self.stages["generate"],
+            min_new_tokens=request["min_new_tokens"], prompts=self.prompt_set_path(dataset, model), **self.stages["generate"],
         ).to_json()
+
+    def prompt_set_spec(self, dataset: str) -> str:
+        """The prompt-set job's spec: the dataset's DatasetRequest (the same the generation jobs check it against)."""
+        from multiexit.inputs.prompts import DatasetRequest
+
+        return DatasetRequest.from_dict(self.dataset_request(dataset)).to_json()
 
     def score_spec(self) -> str:
         return self.stages["score"].to_json()
@@ -181,12 +204,16 @@ class Plan:
             (model, dataset, s.label, shard)
             for model, items in self.settings.items()
             for s in items
-            for dataset in self.datasets
+            for dataset in s.datasets
             for shard in range(self.shards(dataset))
         ]
 
+    def prompt_set_jobs(self) -> list[tuple[str, str]]:
+        """(dataset, model) of every prompt set a generation job reads, each once."""
+        return list(dict.fromkeys((dataset, model) for model, dataset, _, _ in self.generation_jobs()))
+
     def score_jobs(self) -> list[tuple[str, str, str]]:
-        return [(model, dataset, s.label) for model, items in self.settings.items() for s in items for dataset in self.datasets]
+        return [(model, dataset, s.label) for model, items in self.settings.items() for s in items for dataset in s.datasets]
 
     def lm_eval_task(self, task: str) -> dict:
         for run in self.lm_eval_runs:
@@ -209,7 +236,8 @@ class Plan:
         return [options.get("data") or self.lm_eval_data(task)]
 
     def lm_eval_model_args(self, model: str, task: str, variant: str) -> str:
-        args = {"pretrained": self.model_dir(model), **self.lm_eval_run(model, task, variant).model_args}
+        dtype = {} if self.config["dtype"] == "auto" else {"dtype": self.config["dtype"]}
+        args = {"pretrained": self.model_dir(model), **dtype, **self.lm_eval_run(model, task, variant).model_args}
         return ",".join(f"{k}={v}" for k, v in args.items())
 
     def lm_eval_run(self, model: str, task: str, variant: str) -> LmEvalRun:
@@ -248,7 +276,7 @@ class Plan:
             },
             "generations": [
                 {**s.as_dict(), "dataset": dataset, "scores": self.score_path(model, dataset, s.label)}
-                for model, items in self.settings.items() for s in items for dataset in self.datasets
+                for model, items in self.settings.items() for s in items for dataset in s.datasets
             ],
             "lm_eval": [
                 {"model": r.model, "task": r.task, "variant": r.variant, "model_args": r.model_args,
@@ -291,7 +319,7 @@ def check_model_refs(value, models: dict, key: str) -> None:
             check_model_refs(v, models, f"{key}[{i}]")
 
 
-PIPELINE_DATASET_KEYS = ("shards", "new_tokens")
+PIPELINE_DATASET_KEYS = ("shards", "new_tokens", "min_new_tokens")
 
 
 def dataset_request(spec: dict) -> dict:
@@ -329,6 +357,8 @@ def _plan_models(plan: Plan, check_refs, stage_options) -> dict:
     from multiexit.stages.train_heads.settings import train_settings
 
     prepare, training, casts = {}, {}, {}
+    # a dtype other than auto goes to every model stage; auto leaves each its own default (training and casts: float32)
+    dtype = {} if plan.config["dtype"] == "auto" else {"dtype": plan.config["dtype"]}
     for name, spec in plan.models.items():
         key = f"models.{name}"
         for i, layer in enumerate(spec["exits"]):
@@ -354,12 +384,12 @@ def _plan_models(plan: Plan, check_refs, stage_options) -> dict:
             if "layers" in cast["options"]:
                 raise ConfigError(f"{key}.cast.options.layers", "set the layers in cast.layers")
             casts[name] = FitCastSettings.from_dict(
-                {**stage_options("fit_cast"), "layers": plan.cast_layers(name), **plan.resolve_refs(cast["options"])},
+                {**stage_options("fit_cast"), **dtype, "layers": plan.cast_layers(name), **plan.resolve_refs(cast["options"])},
                 f"{key}.cast.options")
         check_refs(spec["train"], f"{key}.train")
         if plan.trains_heads(name):
             device = {"cpu": True} if plan.config["device"] == "cpu" else {}
-            training[name] = train_settings({**stage_options("train_heads"), **device, **plan.resolve_refs(spec["train"])},
+            training[name] = train_settings({**stage_options("train_heads"), **device, **dtype, **plan.resolve_refs(spec["train"])},
                                              spec["exits"], f"{key}.train")
         prepare[name] = PrepareSettings.from_dict(
             {"source": spec["source"], "num_layers": spec["num_layers"], "exits": spec["exits"],
@@ -379,16 +409,24 @@ def _plan_generation(plan: Plan, check_refs, stage_options) -> dict:
         key = f"datasets.{name}"
         check_refs(spec, key)
         request = plan.resolve_refs(dataset_request(spec))
-        parsed = DatasetRequest.from_dict(request, key)
+        try:
+            parsed = DatasetRequest.from_dict(request)
+        except ConfigError as err:
+            raise ConfigError(key if err.key == "<settings>" else f"{key}.{err.key}", err.message) from None
         shards = GenerateSettings.check_value("num_shards", spec.get("shards", GenerateSettings.num_shards), f"{key}.shards")
         new_tokens = GenerateSettings.check_value("max_new_tokens", spec.get("new_tokens", GenerateSettings.max_new_tokens),
                                                   f"{key}.new_tokens")
+        # Contrastive Decoding's run_generation.py suppresses early stopping: its protocol's continuations run to full length
+        default_min = new_tokens if parsed.protocol == "cd" else GenerateSettings.min_new_tokens
+        min_new_tokens = GenerateSettings.check_value("min_new_tokens", spec.get("min_new_tokens", default_min), f"{key}.min_new_tokens")
+        if min_new_tokens > new_tokens:
+            raise ConfigError(f"{key}.min_new_tokens", f"{min_new_tokens} is larger than new_tokens ({new_tokens})")
         if parsed.num_prompts is not None and shards > parsed.num_prompts:
             raise ConfigError(f"{key}.shards", f"{shards} shards for {parsed.num_prompts} prompts")
-        datasets[name] = {"request": request, "shards": shards, "new_tokens": new_tokens}
-    generate = {**stage_options("generate"), "device": config["device"]}
+        datasets[name] = {"request": request, "shards": shards, "new_tokens": new_tokens, "min_new_tokens": min_new_tokens}
+    generate = {**stage_options("generate"), "device": config["device"], "dtype": config["dtype"]}
     for option, value in generate.items():
-        GenerateSettings.check_value(option, value, "device" if option == "device" else f"resources.generate.{option}")
+        GenerateSettings.check_value(option, value, option if option in ("device", "dtype") else f"resources.generate.{option}")
     check_refs(config["metrics"], "metrics")
     score = ScoreSettings.from_dict(
         {**stage_options("score"), "device": config["device"], **plan.resolve_refs(config["metrics"])}, "metrics")

@@ -23,6 +23,7 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "prepare_model": {"gpu": 0, "mem_mb": 8000, "runtime": 60, "threads": 1},
     "train_heads": {"gpu": 1, "mem_mb": 32000, "runtime": 720, "threads": 4},
     "fit_cast": {"gpu": 1, "mem_mb": 32000, "runtime": 120, "threads": 4},
+    "prompt_set": {"gpu": 0, "mem_mb": 4000, "runtime": 30, "threads": 1},
     "generate": {"gpu": 1, "mem_mb": 16000, "runtime": 240, "threads": 2},
     "score": {"gpu": 0, "mem_mb": 16000, "runtime": 120, "threads": 2},
     "lm_eval": {"gpu": 1, "mem_mb": 16000, "runtime": 240, "threads": 2},

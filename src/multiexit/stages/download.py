@@ -138,7 +138,7 @@ def lm_eval_task_dataset(task: str, tasks_dir: str | Path | None = None) -> tupl
 def fetch_list(config: dict) -> list[Fetch]:
     """Everything the (schema-validated) pipeline ``config`` reads from the Hub, without duplicates."""
     from multiexit.inputs.prompts import DatasetRequest
-    from multiexit.pipeline.grid import dataset_request
+    from multiexit.pipeline.plan import dataset_request
 
     items: list[Fetch] = []
     for name, spec in config.get("models", {}).items():

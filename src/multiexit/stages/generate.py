@@ -128,6 +128,9 @@ class GenerateSettings(Settings):
     num_shards: int = setting(1, "number of contiguous prompt shards", minimum=1)
     shard: int | None = setting(None, "the shard to produce (0-based); may be left out when num_shards is 1", minimum=0)
     max_new_tokens: int = setting(256, "new tokens per prompt", minimum=1)
+    min_new_tokens: int = setting(0, "least new tokens per prompt: EOS cannot end a row earlier (0: no floor)", minimum=0)
+    prompts: str | None = setting(None, "prompt-set JSONL written by scripts/prepare_prompts.py (its sidecar's request must "
+                                        "be `dataset`); default: build the prompt set here")
     batch_size: int = setting(32, "prompts per left-padded batch", minimum=1)
     device: str = setting("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...", check=check_device)
     dtype: str = setting("auto", "model weights dtype (auto: bfloat16 on a bf16 GPU, else float32)", choices=DTYPE_CHOICES)
@@ -135,11 +138,30 @@ class GenerateSettings(Settings):
     def __post_init__(self) -> None:
         if self.shard is not None and self.shard >= self.num_shards:
             raise ValueError(f"shard: must be in 0..{self.num_shards - 1}, got {self.shard}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens: {self.min_new_tokens} is larger than max_new_tokens ({self.max_new_tokens})")
 
     def make_run(self, model: str) -> "GenerationRun":
         """The run of ``model`` with these settings (decoding and dataset validated here)."""
+        prompt_set = None
+        if self.prompts is not None:
+            from multiexit.stages.prompts import prompt_set_identity
+
+            prompt_set = prompt_set_identity(self.prompts)
+            request = DatasetRequest.from_dict(self.dataset, "dataset").as_dict()
+            if prompt_set["request"] != request:
+                raise ValueError(f"prompts: {self.prompts} was built for {prompt_set['request']}, not for this dataset {request}")
         return make_run(model, self.method, self.params, self.dataset, seed=self.seed, max_new_tokens=self.max_new_tokens,
-                        batch_size=self.batch_size, num_shards=self.num_shards, dtype=self.dtype)
+                        min_new_tokens=self.min_new_tokens, batch_size=self.batch_size, num_shards=self.num_shards,
+                        dtype=self.dtype, prompt_set=prompt_set)
+
+    def load_prompts(self) -> list[Prompt] | None:
+        """The prompt set of ``prompts`` (None without one: :func:`run_generation` builds it)."""
+        if self.prompts is None:
+            return None
+        from multiexit.stages.prompts import read_prompt_set
+
+        return read_prompt_set(self.prompts)
 
 
 @dataclass
@@ -154,8 +176,12 @@ class GenerationRun:
     batch_size: int
     num_shards: int
     dtype: str
+    min_new_tokens: int = 0
+    prompt_set: dict | None = None  # identity of the prompt-set file read (multiexit.stages.prompts.prompt_set_identity)
 
     def __post_init__(self) -> None:
+        if isinstance(self.min_new_tokens, bool) or not isinstance(self.min_new_tokens, int) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be an integer in 0..max_new_tokens, got {self.min_new_tokens!r}")
         for key in ("max_new_tokens", "batch_size", "num_shards"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -171,6 +197,8 @@ class GenerationRun:
             "dataset": self.dataset.as_dict(),
             "seed": self.seed,
             "max_new_tokens": self.max_new_tokens,
+            "min_new_tokens": self.min_new_tokens,
+            "prompt_set": self.prompt_set,
             "batch_size": self.batch_size,
             "num_shards": self.num_shards,
             "dtype": self.dtype,
@@ -206,10 +234,10 @@ def _left_pad(batch: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torc
     return input_ids.to(device), mask.to(device)
 
 
-def _generate_batch(model, setting, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id) -> torch.Tensor:
+def _generate_batch(model, setting, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, min_new_tokens=0) -> torch.Tensor:
     return decoding.generate(
         model, setting, input_ids, attention_mask, max_new_tokens,
-        eos_token_id=eos_ids if len(eos_ids) != 1 else eos_ids[0], pad_token_id=pad_id,
+        eos_token_id=eos_ids if len(eos_ids) != 1 else eos_ids[0], pad_token_id=pad_id, min_new_tokens=min_new_tokens,
     )
 
 
@@ -230,7 +258,8 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def generate_splitting(model, setting, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, splits: list | None = None) -> torch.Tensor:
+def generate_splitting(model, setting, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, splits: list | None = None,
+                       min_new_tokens: int = 0) -> torch.Tensor:
     """:func:`_generate_batch`, splitting a batch that runs out of GPU memory into halves (recursively).
 
     The random generators are rewound to where the failed batch began, so a deterministic method
@@ -242,7 +271,7 @@ def generate_splitting(model, setting, input_ids, attention_mask, max_new_tokens
     device = input_ids.device
     state = _rng_state(device)
     try:
-        return _generate_batch(model, setting, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id)
+        return _generate_batch(model, setting, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, min_new_tokens)
     except OUT_OF_MEMORY:
         rows = input_ids.shape[0]
         if rows == 1:
@@ -258,7 +287,7 @@ def generate_splitting(model, setting, input_ids, attention_mask, max_new_tokens
     for part in (slice(0, half), slice(half, rows)):
         width = int(attention_mask[part].sum(dim=1).max())  # left padding: drop columns that pad every row of the half
         parts.append(generate_splitting(model, setting, input_ids[part, -width:], attention_mask[part, -width:],
-                                        max_new_tokens, eos_ids, pad_id, splits))
+                                        max_new_tokens, eos_ids, pad_id, splits, min_new_tokens))
     width = max(part.shape[1] for part in parts)
     return torch.cat([torch.nn.functional.pad(part, (0, width - part.shape[1]), value=pad_id) for part in parts])
 
@@ -295,6 +324,7 @@ def generate_rows(
     max_new_tokens: int,
     batch_size: int,
     seed: int,
+    min_new_tokens: int = 0,
     progress: bool = True,
     desc: str = "generate",
     checkpoint: str | Path | None = None,
@@ -331,7 +361,7 @@ def generate_rows(
         batch = prompts[start:start + batch_size]
         input_ids, mask = _left_pad([p.prompt_ids for p in batch], pad_id, device)
         began = time.perf_counter()
-        new = generate_splitting(model, setting, input_ids, mask, max_new_tokens, eos_ids, pad_id, splits)
+        new = generate_splitting(model, setting, input_ids, mask, max_new_tokens, eos_ids, pad_id, splits, min_new_tokens)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - began
@@ -425,7 +455,8 @@ def run_generation(
     checkpoint = checkpoint_path(output)
     rows, timing = generate_rows(
         model, tokenizer, run.setting, prompts[start:end],
-        max_new_tokens=run.max_new_tokens, batch_size=run.batch_size, seed=shard_seed(run.seed, shard),
+        max_new_tokens=run.max_new_tokens, min_new_tokens=run.min_new_tokens, batch_size=run.batch_size,
+        seed=shard_seed(run.seed, shard),
         progress=progress, desc=f"{run.setting.method} shard {shard + 1}/{run.num_shards}",
         checkpoint=checkpoint, checkpoint_key=f"{run.fingerprint()}/shard-{shard}",
     )
@@ -479,7 +510,7 @@ def make_run(
     return GenerationRun(model=model, setting=setting, dataset=request, **{**defaults, **kwargs})
 
 
-_RUN_FIELDS = ("seed", "max_new_tokens", "batch_size", "num_shards", "dtype")
+_RUN_FIELDS = ("seed", "max_new_tokens", "min_new_tokens", "batch_size", "num_shards", "dtype")
 
 
 __all__ = [

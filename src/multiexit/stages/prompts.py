@@ -93,4 +93,19 @@ def read_prompt_set(path: str | Path) -> list[Prompt]:
     return prompts
 
 
-__all__ = ["load_tokenizer", "meta_path", "prepare_prompt_set", "read_prompt_set"]
+def prompt_set_identity(path: str | Path) -> dict:
+    """What identifies a prompt-set file for a generation run's fingerprint: its sidecar's request, protocol,
+    source and counts, the tokenizer (its folder left out) and the file's SHA-256 (no paths, times or durations)."""
+    import hashlib
+
+    path = Path(path)
+    side = meta_path(path)
+    if not path.is_file() or not side.is_file():
+        raise ValueError(f"prompt set {path} or its sidecar {side} is missing; run the prompt-set job (scripts/prepare_prompts.py)")
+    meta = json.loads(side.read_text(encoding="utf-8"))
+    tokenizer = {k: v for k, v in meta["tokenizer"].items() if k != "name_or_path"}
+    return {"request": meta["request"], "protocol": meta["protocol"]["name"], "tokenizer": tokenizer, "source": meta["source"],
+            "counts": meta["counts"], "n_prompts": meta["n_prompts"], "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+__all__ = ["load_tokenizer", "meta_path", "prepare_prompt_set", "prompt_set_identity", "read_prompt_set"]
