@@ -40,6 +40,8 @@ rule tables:
             category="Tables",
         ),
         benchmarks_tex=LAYOUT.table_benchmarks_tex,
+        exits_md=LAYOUT.table_exits_md,
+        examples_md=LAYOUT.table_examples_md,
     log:
         LAYOUT.log("tables"),
     benchmark:

@@ -124,9 +124,9 @@ def expand_decoding(config: dict, models: dict, generating: list[str], check_ref
     from multiexit.decoding.registry import METHODS, exit_output, parse_decoding, setting_label
 
     settings: dict[str, list[Setting]] = {m: [] for m in generating}
-    seeds = config["seeds"]
     for index, entry in enumerate(config["decoding"]):
         key = f"decoding[{index}]"
+        seeds = entry.get("seeds") or config["seeds"]  # an entry's own seeds (e.g. a sampling row's spread)
         method = entry["method"]
         if method not in METHODS:
             raise ConfigError(f"{key}.method", f"unknown decoding method {method!r}; valid methods: {', '.join(sorted(METHODS))}")

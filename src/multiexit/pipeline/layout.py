@@ -41,6 +41,8 @@ TEMPLATES: dict[str, str] = {
     "table_generation_tex": "tables/generation.tex",
     "table_benchmarks_md": "tables/benchmarks.md",
     "table_benchmarks_tex": "tables/benchmarks.tex",
+    "table_exits_md": "tables/exits.md",
+    "table_examples_md": "tables/examples.md",
     "figure": "figures/{figure}.{format}",
 }
 
@@ -63,7 +65,8 @@ JOBS: dict[str, str | None] = {
 
 # the tables rule's outputs: table name -> template name
 TABLES = {"csv": "table_csv", "generation_md": "table_generation_md", "generation_tex": "table_generation_tex",
-          "benchmarks_md": "table_benchmarks_md", "benchmarks_tex": "table_benchmarks_tex"}
+          "benchmarks_md": "table_benchmarks_md", "benchmarks_tex": "table_benchmarks_tex",
+          "exits_md": "table_exits_md", "examples_md": "table_examples_md"}
 FIGURES = ("amateur_layer", "exit_layer", "benchmark_amateur_layer", "training_loss", "diversity_mauve")
 
 
