@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from multiexit.io import atomic_write_text
-    from multiexit.stages.generate import meta_path, read_jsonl
+    from multiexit.io import read_jsonl
+    from multiexit.stages.generate import meta_path
     from multiexit.stages.score import ScoreSettings, check_rows, score_rows, setting_values
 
     try:

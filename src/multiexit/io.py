@@ -1,4 +1,5 @@
-"""Writes that never leave a partial result looking complete: temp name in the same folder, then rename."""
+"""Files: writes that never leave a partial result looking complete (temp name in the same folder, then
+rename), and the one JSONL reader."""
 
 from __future__ import annotations
 
@@ -55,3 +56,23 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def iter_jsonl(path: str | Path, errors: str = "strict") -> Iterator[tuple[int, object]]:
+    """``(line number, value)`` of each non-blank line of a JSONL file; a bad line is a ValueError naming ``path:N``.
+
+    ``errors`` is the text decoding's error handling (``"replace"`` for corpora of unknown cleanliness).
+    """
+    with Path(path).open(encoding="utf-8", errors=errors) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err})") from None
+
+
+def read_jsonl(path: str | Path) -> list:
+    """Every value of a JSONL file (blank lines skipped)."""
+    return [value for _, value in iter_jsonl(path)]

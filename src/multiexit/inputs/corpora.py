@@ -23,13 +23,14 @@ is dropped).
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
+
+from multiexit.io import iter_jsonl
 
 CC100_URL = "https://data.statmt.org/cc-100/{lang}.txt.xz"
 LOCAL_SUFFIXES = (".txt", ".cor", ".jsonl", ".text")
@@ -86,17 +87,14 @@ def read_local_documents(path: str | Path) -> list[str]:
         return [doc for f in files for doc in read_local_documents(f)]
     if not path.is_file():
         raise ValueError(f"corpus: no such file or folder {str(path)!r}")
-    text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix == ".jsonl":
         docs = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
+        for number, record in iter_jsonl(path, errors="replace"):
             if "text" not in record:
                 raise ValueError(f"corpus: {path}:{number} has no 'text' field")
             docs.append(str(record["text"]))
         return [d for d in docs if d.strip()]
+    text = path.read_text(encoding="utf-8", errors="replace")
     lines = text.splitlines()
     if any(not line.strip() for line in lines[:-1]):
         return list(_blocks(lines))
@@ -294,10 +292,7 @@ def read_task_examples(path: str | Path, prompt_field: str = "prompt", target_fi
     if not path.is_file():
         raise ValueError(f"task_data: no such file {str(path)!r}")
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    for number, record in iter_jsonl(path):
         missing = [f for f in (prompt_field, target_field) if f not in record]
         if missing:
             raise ValueError(f"task_data: {path}:{number} lacks field(s) {missing}")

@@ -38,7 +38,6 @@ key and the counts, raised before any model work, never a silently shorter promp
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from multiexit.io import iter_jsonl
 from multiexit.settings import ConfigError, Settings, setting
 
 # ------------------------------------------------------------------------------ catalog
@@ -406,25 +406,18 @@ def _local_records(request: DatasetRequest, entry: CatalogEntry) -> tuple[list[s
     ids: list[str] = []
     texts: list[str] = []
     if entry.source == "jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({err})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-                if entry.text_field not in row:
-                    raise ValueError(f"{path}:{number}: missing text field {entry.text_field!r}; fields present: {sorted(row)}")
-                if not isinstance(row[entry.text_field], str):
-                    raise ValueError(f"{path}:{number}: text field {entry.text_field!r} is "
-                                     f"{type(row[entry.text_field]).__name__}, not a string")
-                if entry.id_field is not None and entry.id_field not in row:
-                    raise ValueError(f"{path}:{number}: missing id field {entry.id_field!r}; fields present: {sorted(row)}")
-                ids.append(str(row[entry.id_field]) if entry.id_field else f"{prefix}/{number}")
-                texts.append(row[entry.text_field])
+        for number, row in iter_jsonl(path):
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            if entry.text_field not in row:
+                raise ValueError(f"{path}:{number}: missing text field {entry.text_field!r}; fields present: {sorted(row)}")
+            if not isinstance(row[entry.text_field], str):
+                raise ValueError(f"{path}:{number}: text field {entry.text_field!r} is "
+                                 f"{type(row[entry.text_field]).__name__}, not a string")
+            if entry.id_field is not None and entry.id_field not in row:
+                raise ValueError(f"{path}:{number}: missing id field {entry.id_field!r}; fields present: {sorted(row)}")
+            ids.append(str(row[entry.id_field]) if entry.id_field else f"{prefix}/{number}")
+            texts.append(row[entry.text_field])
     elif entry.source == "lines":
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             ids.append(f"{prefix}/{number}")

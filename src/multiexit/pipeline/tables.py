@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from multiexit.io import read_jsonl
+
 BASE_COLUMNS = ["kind", "model", "dataset", "setting", "method", "params", "layer", "upper", "lower", "alpha", "seed"]
 VALUE_COLUMNS = ["metric", "value", "stderr", "ci_low", "ci_high"]
 TIDY_COLUMNS = BASE_COLUMNS + VALUE_COLUMNS  # plus one column per further setting value, between the two
@@ -592,11 +594,8 @@ def example_continuations(manifest: dict, prompt_id: str | None = None) -> list[
         for entry in entries:
             rows = {}
             for path in _generation_files(_read_json(entry["scores"])):
-                with open(path) as handle:
-                    for line in handle:
-                        if line.strip():
-                            row = json.loads(line)
-                            rows[str(row["id"])] = row
+                for row in read_jsonl(path):
+                    rows[str(row["id"])] = row
             texts.append((entry, rows))
         chosen = prompt_id if prompt_id is not None else min(texts[0][1]) if texts and texts[0][1] else None
         if chosen is None:

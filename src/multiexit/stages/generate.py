@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 import multiexit.decoding.registry as decoding
-from multiexit.io import atomic_write_text
+from multiexit.io import atomic_write_text, read_jsonl
 from multiexit.inputs.models import DTYPE_NAMES, check_dtype_name, dtype_name, load_model
 from multiexit.inputs.prompts import DatasetRequest, Prompt, load_prompts
 from multiexit.decoding.registry import DecodingSetting, derived_settings, parse_decoding
@@ -53,18 +53,6 @@ ROW_FIELDS = ("id", "prompt", "reference", "generation", "n_new_tokens", "stop_r
 
 def rows_to_jsonl(rows: Sequence[dict]) -> str:
     return "".join(json.dumps({k: row[k] for k in ROW_FIELDS}, ensure_ascii=False) + "\n" for row in rows)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    rows = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({err})") from None
-    return rows
 
 
 def meta_path(output: str | Path) -> Path:

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from multiexit.inputs.prompts import PROTOCOLS, DatasetRequest, Prompt, build_prompt_set
-from multiexit.io import atomic_open, atomic_write_text
+from multiexit.io import atomic_open, atomic_write_text, iter_jsonl
 
 
 def meta_path(output: str | Path) -> Path:
@@ -79,15 +79,11 @@ def read_prompt_set(path: str | Path) -> list[Prompt]:
         raise ValueError(f"prompt set {path} or its sidecar {side} is missing; run the prompt-set job (scripts/prepare_prompts.py)")
     expected = json.loads(side.read_text(encoding="utf-8"))["n_prompts"]
     prompts = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                prompts.append(Prompt(str(row["id"]), row["prompt"], row["reference"], tuple(int(i) for i in row["prompt_ids"])))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                raise ValueError(f"{path}:{number}: not a prompt-set row ({err})") from None
+    for number, row in iter_jsonl(path):
+        try:
+            prompts.append(Prompt(str(row["id"]), row["prompt"], row["reference"], tuple(int(i) for i in row["prompt_ids"])))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}:{number}: not a prompt-set row ({err})") from None
     if len(prompts) != expected:
         raise ValueError(f"prompt set {path}: {len(prompts)} rows but its sidecar records {expected}")
     return prompts
