@@ -260,8 +260,6 @@ def test_tiny_config_end_to_end_with_interruption(tiny_local_run):
 # NOT ON PATH: Snakemake started by its path in the venv, with a PATH that does not hold the venv (a user who
 # never activated it). The rules' shell commands must then still run the venv's interpreter.
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the rules run `python` from PATH, not the interpreter Snakemake runs under "
-                                       "(being changed in workflow/rules; drop this mark once they use it)")
 def test_rules_use_snakemakes_interpreter_without_the_venv_on_path(tmp_path):
     snakemake = Path(sys.executable).parent / "snakemake"
     env = pipeline_env(path_with_venv=False)
