@@ -145,7 +145,9 @@ def lm_eval_setting(results: dict, model_args: dict | None = None) -> dict:
     if pair:
         if len(pair) != 2:
             raise ValueError(f"lm-eval result: contrast_layer_indices must name two layers, got {pair!r}")
-        values.update(upper=pair[0], lower=pair[1], alpha=args.get("contrast_alpha", 0.1))
+        from multiexit.model.config import MultiExitConfiguration  # the one default of alpha
+
+        values.update(upper=pair[0], lower=pair[1], alpha=args.get("contrast_alpha", MultiExitConfiguration.contrast_alpha))
     elif args.get("output_layer_index") is not None and not args.get("use_original_head", False):
         values["layer"] = args["output_layer_index"]
     mode = args.get("vocab_projection_mode")
