@@ -13,7 +13,7 @@ import transformers as T
 
 from conftest import tiny_config
 from multiexit import AutoMultiExitModel
-from multiexit.decoding import METHODS, parse_decoding
+from multiexit.decoding import generate, parse_decoding
 
 NEW = 10
 EOS, PAD = 2, 0
@@ -38,8 +38,7 @@ def decode(model, prompts, method, seed=0, **params):
     setting = parse_decoding(method, params)
     torch.manual_seed(seed)
     with torch.no_grad():
-        return METHODS[method].generate(model, prompts, torch.ones_like(prompts), NEW, setting.params,
-                                        eos_token_id=EOS, pad_token_id=PAD)
+        return generate(model, setting, prompts, torch.ones_like(prompts), NEW, eos_token_id=EOS, pad_token_id=PAD)
 
 
 _HAND = {}
