@@ -234,7 +234,7 @@ def load_model(source: str, *, device: str = "auto", dtype: str = "auto", multi_
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    path = resolve_model_source(source)
+    path = resolve_model_source(str(source))
     if multi_exit:
         from multiexit.model.modeling import AutoMultiExitModel
 

@@ -163,6 +163,7 @@ def benchmark_rows(manifest: dict) -> list[dict]:
         results = lm_eval_metrics(data)
         values = lm_eval_setting(data, entry.get("model_args"))
         params = (data.get("config") or {}).get("model_args") or entry.get("model_args") or {}
+        params = {k: v for k, v in params.items() if k != "pretrained"}  # a path, not a setting value
         for task, metrics in results.items():
             for metric, (value, stderr) in metrics.items():
                 rows.append({
