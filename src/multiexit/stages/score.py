@@ -168,12 +168,6 @@ def length_metrics(rows: Sequence[dict]) -> dict:
 # ------------------------------------------------------------------------------ models
 
 
-def _device(device: str):
-    from multiexit.inputs.models import resolve_device
-
-    return resolve_device(device)
-
-
 def load_causal_lm(name_or_path: str, device: str = "auto"):
     """A plain HF causal LM + tokenizer in float32 (``package:<name>`` resolves to the converted packaged model)."""
     from multiexit.inputs.models import load_model
@@ -274,7 +268,9 @@ class SentenceEncoder:
     def __init__(self, name_or_path: str, device: str = "auto", *, max_tokens: int = SIMCSE_MAX_TOKENS, pooler: str = "auto"):
         if pooler not in COHERENCE_POOLERS:
             raise ValueError(f"coherence pooler must be one of {', '.join(COHERENCE_POOLERS)}, got {pooler!r}")
-        self.device = _device(device)
+        from multiexit.inputs.models import resolve_device
+
+        self.device = resolve_device(device)
         self.name = name_or_path
         self.max_tokens = max_tokens
         if (Path(name_or_path) / "modules.json").is_file():
