@@ -399,7 +399,7 @@ def _plan_models(plan: Plan, check_refs, stage_options) -> dict:
 
 def _plan_generation(plan: Plan, check_refs, stage_options) -> dict:
     """Datasets (DatasetRequest + shards + new_tokens), the generation stage's options, ScoreSettings."""
-    from multiexit.inputs.prompts import DatasetRequest
+    from multiexit.inputs.prompts import PROTOCOLS, DatasetRequest
     from multiexit.stages.generate import GenerateSettings
     from multiexit.stages.score import ScoreSettings
 
@@ -414,7 +414,8 @@ def _plan_generation(plan: Plan, check_refs, stage_options) -> dict:
         except ConfigError as err:
             raise ConfigError(key if err.key == "<settings>" else f"{key}.{err.key}", err.message) from None
         shards = GenerateSettings.check_value("num_shards", spec.get("shards", GenerateSettings.num_shards), f"{key}.shards")
-        new_tokens = GenerateSettings.check_value("max_new_tokens", spec.get("new_tokens", GenerateSettings.max_new_tokens),
+        # each protocol has its own generation length (acd 100, cd 256, tokens 256): the default of new_tokens
+        new_tokens = GenerateSettings.check_value("max_new_tokens", spec.get("new_tokens", PROTOCOLS[parsed.protocol].new_tokens),
                                                   f"{key}.new_tokens")
         # Contrastive Decoding's run_generation.py suppresses early stopping: its protocol's continuations run to full length
         default_min = new_tokens if parsed.protocol == "cd" else GenerateSettings.min_new_tokens
