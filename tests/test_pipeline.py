@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import pipeline_env, tiny_argv
+from conftest import pipeline_env, tiny_argv, tiny_workdir
 from multiexit.pipeline import ConfigError, build_plan, load_config_files
 from multiexit.pipeline.tables import write_tables
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+from make_hub_fixtures import words as fixture_words  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "tiny_config.yaml"
@@ -82,6 +85,15 @@ def test_paper_plan_paths_and_expansion():
     # lm_eval.acd is set per model: GPT-Neo-125M's amateur is its exit 6 (GPT-2 Medium's is 12)
     assert variants == {"original", "acd-original-6"} | {f"exit-{layer}" for layer in range(2, 13, 2)}
     assert {r.variant for r in plan.lm_eval_runs if r.model == "gpt2-medium" and r.variant.startswith("acd")} == {"acd-original-12"}
+
+
+def test_paper_plan_leaves_prompt_counts_to_the_prompt_set_job():
+    # the plan cannot know how many WikiText lines pass the acd filter: an unmeetable num_prompts plans, and the
+    # prompt-set job fails on it (test_too_few_prompts_fails_in_the_prompt_set_job_only)
+    config = load_config_files(PAPER)
+    config["datasets"]["wikitext"]["num_prompts"] = 10**7
+    plan = build_plan(config, SCHEMA)
+    assert json.loads(plan.prompt_set_spec("wikitext"))["num_prompts"] == 10**7
 
 
 def test_grids_multiply_and_seeds_suffix():
@@ -246,6 +258,7 @@ def test_tiny_config_end_to_end_with_interruption(tiny_local_run):
             assert (results / "figures" / f"{name}.{fmt}").stat().st_size > 1000
     cast = json.loads((results / "smollm2" / "cast" / "config.json").read_text())
     assert cast["cast_layer_indices"] == [6]
+    check_protocol_runs(results)
     # per-job logs and benchmarks
     for rule in ("prepare_model", "train_heads", "fit_cast", "generate", "score", "lm_eval", "tables", "figures"):
         assert list((results / "logs" / rule).rglob("*.log")) or (results / "logs" / f"{rule}.log").is_file(), rule
@@ -257,6 +270,56 @@ def test_tiny_config_end_to_end_with_interruption(tiny_local_run):
     assert third.returncode == 0 and "Nothing to be done" in third.stdout + third.stderr
 
 
+def check_protocol_runs(results: Path) -> None:
+    """The acd and cd protocols' prompt sets and greedy runs in the tiny run, against counts and prompts worked
+    out by hand from tests/data/make_hub_fixtures.py (the WikiText fixture's rows), as in tests/test_prompts.py."""
+    acd_meta = json.loads((results / "prompts" / "wiki-acd" / "smollm2.meta.json").read_text())
+    # validation rows 3 (61 raw words), 8 (51) and 12 (200) have more than 50 words; row 4 has exactly 50
+    assert acd_meta["counts"] == {"rows": 14, "scanned": 4, "usable": 3, "selected": 3}
+    acd = [json.loads(line) for line in (results / "prompts" / "wiki-acd" / "smollm2.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in acd] == [f"wikitext-103/validation/{i}" for i in (3, 8, 12)]
+    # 32 words after the authors' replacements: 7 words of the detokenised head, then 25 fixture words
+    assert acd[0]["prompt"] == "The 1,000-strong army, he said (in 1990): " + fixture_words(25)
+    assert acd[0]["reference"] == fixture_words(21, 25)
+    cd_meta = json.loads((results / "prompts" / "wiki-cd" / "smollm2.meta.json").read_text())
+    # 14 validation + 4 test rows; with BOS, only validation/12 (1 + 200 + 1 or 2) and test/2 (1 + 170 + ...) reach 160
+    assert cd_meta["counts"] == {"rows": 18, "scanned": 18, "usable": 2, "selected": 2}
+    cd = [json.loads(line) for line in (results / "prompts" / "wiki-cd" / "smollm2.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in cd] == ["wikitext-103/validation/12", "wikitext-103/test/2"]
+    assert cd[0]["prompt_ids"][0] == 1 and len(cd[0]["prompt_ids"]) == 32  # SmolLM2's BOS <|im_start|> + 31 tokens
+    assert cd[0]["prompt"] == " " + fixture_words(31, 3)  # one token per fixture word, the BOS not decoded
+    # each protocol's generation length: acd 100 new tokens at most, cd exactly 256 (EOS suppressed)
+    for dataset, count, new, least in (("wiki-acd", 3, 100, 0), ("wiki-cd", 2, 256, 256)):
+        folder = results / "smollm2" / "generations" / dataset / "greedy"
+        meta = json.loads((folder / "shard-0.meta.json").read_text())
+        assert (meta["settings"]["max_new_tokens"], meta["settings"]["min_new_tokens"]) == (new, least)
+        rows = [json.loads(line) for line in (folder / "shard-0.jsonl").read_text().splitlines()]
+        assert len(rows) == count and all(least <= r["n_new_tokens"] <= new for r in rows)
+        assert [r["prompt"] for r in rows] == [p["prompt"] for p in (acd if dataset == "wiki-acd" else cd)]
+        assert (results / "smollm2" / "scores" / dataset / "greedy.json").is_file()
+
+
+@pytest.mark.slow
+def test_too_few_prompts_fails_in_the_prompt_set_job_only(tmp_path):
+    """A num_prompts the acd protocol cannot meet on the WikiText fixture (3 usable lines): asked for one
+    generation shard, the run fails in the prompt-set job, with the counts, before head training or any generation
+    job starts (the prompt-set rule's priority), and leaves no prompt set behind."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"datasets": {"wiki-acd": {"num_prompts": 4}}}))
+    results = tmp_path / "results"
+    target = results / "smollm2" / "generations" / "wiki-acd" / "greedy" / "shard-0.jsonl"
+    run = subprocess.run([*tiny_argv(tiny_workdir(tmp_path / "work"), overlay, results), "--cores", "1", "--", str(target)],
+                         cwd=REPO, env=pipeline_env(), capture_output=True, text=True, timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-3000:]
+    assert re.findall(r"^Error in rule (\S+):", output, re.MULTILINE) == ["prompt_set"], output[-3000:]
+    started = set(re.findall(r"^(?:local)?rule (\S+):", output, re.MULTILINE))
+    assert started <= {"download", "prepare_model", "prompt_set"}, started
+    log = (results / "logs" / "prompt_set" / "wiki-acd" / "smollm2.log").read_text()
+    assert "only 3 of 14 rows are usable (more than 50 words); num_prompts=4 requested" in log, log[-2000:]
+    assert not list((results / "prompts").rglob("*.jsonl"))
+
+
 # NOT ON PATH: Snakemake started by its path in the venv, with a PATH that does not hold the venv (a user who
 # never activated it). The rules' shell commands must then still run the venv's interpreter.
 @pytest.mark.slow
@@ -266,7 +329,7 @@ def test_rules_use_snakemakes_interpreter_without_the_venv_on_path(tmp_path):
     assert str(Path(sys.executable).parent) not in env["PATH"].split(os.pathsep)
     results = tmp_path / "results"
     target = results / "smollm2" / "base"  # one job: prepare_model runs `python scripts/prepare_model.py`
-    run = subprocess.run([str(snakemake), "--directory", str(tmp_path), "--cores", "1", "--configfile", str(TINY),
+    run = subprocess.run([str(snakemake), "--directory", str(tiny_workdir(tmp_path)), "--cores", "1", "--configfile", str(TINY),
                           "--config", f"results_dir={results}", "--", str(target)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     log = results / "logs" / "prepare_model" / "smollm2.log"

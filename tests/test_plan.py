@@ -21,7 +21,20 @@ DEMO = REPO / "config" / "config.yaml"
 
 
 def _tiny() -> dict:
-    return yaml.safe_load(TINY.read_text())
+    """The tiny config with its news dataset alone (the protocol datasets are checked in their own test)."""
+    config = yaml.safe_load(TINY.read_text())
+    config["datasets"] = {"news": config["datasets"]["news"]}
+    return config
+
+
+def test_protocols_set_the_generation_length():
+    # no new_tokens in the tiny config's fixture datasets: each protocol's own length (acd 100, cd exactly 256)
+    plan = build_plan(yaml.safe_load(TINY.read_text()), SCHEMA)
+    lengths = {name: (spec["new_tokens"], spec["min_new_tokens"]) for name, spec in plan.stages["datasets"].items()}
+    assert lengths == {"news": (12, 0), "wiki-acd": (100, 0), "wiki-cd": (256, 256)}
+    assert plan.prompt_set_jobs() == [("news", "smollm2"), ("wiki-acd", "smollm2"), ("wiki-cd", "smollm2")]
+    assert {(d, label) for _, d, label, _ in plan.generation_jobs()} == {
+        ("news", "greedy"), ("news", "acd-original-6-a0.1"), ("wiki-acd", "greedy"), ("wiki-cd", "greedy")}
 
 
 def _with(config: dict, path: list, value) -> dict:

@@ -1,6 +1,7 @@
 # Stage 1b: one prompt set per (dataset, generating model's tokenizer), built once and read by
 # every generation job of that pair: multiexit.pipeline.layout's prompt_set (+ its .meta.json).
-# A dataset with too few usable rows fails here, with the counts, before any model is loaded.
+# A dataset with too few usable rows fails here, with the counts, before any model is loaded; the job's
+# priority puts it before head training and the other jobs that become ready with it, so it fails first.
 
 
 rule prompt_set:
@@ -15,6 +16,7 @@ rule prompt_set:
         LAYOUT.log("prompt_set"),
     benchmark:
         LAYOUT.benchmark("prompt_set")
+    priority: 10
     conda:
         ENV
     threads: stage_threads("prompt_set")
