@@ -31,11 +31,12 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, shared_tiny_local_run, slurm_overlay
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "scripts" / "slurm_cluster.sh"
@@ -299,14 +300,12 @@ def _compare_file(a: Path, b: Path, rel: str, roots: tuple[str, ...]) -> int:
 # ------------------------------------------------------------------------------------ the test
 
 
-def test_tiny_pipeline_through_slurm_matches_local_run(slurm_cluster, tiny_local_run, tmp_path):
-    local = tiny_local_run
-    assert local["second_returncode"] == 0, local["second_log"][-5000:]
-    local_dir, overlay = Path(local["results"]), Path(local["overlay"])
+def _slurm_run(slurm_cluster, tmp_path: Path):
+    """The same config as the shared local reference run (same overlay file contents), through the SLURM
+    plugin with the project's profiles. Returns the results folder, the SLURM log folder, the run's log and
+    the controller's record of its jobs."""
     slurm_dir, logdir = tmp_path / "slurm", tmp_path / "slurm-logs"
-    configs = ["--configfile", str(TINY_CONFIG), str(overlay)]
-
-    # The same config as the shared local reference run, through the SLURM plugin with the project's profiles.
+    configs = ["--configfile", str(TINY_CONFIG), str(slurm_overlay(tmp_path / "overlay.yaml"))]
     slurm_log = tmp_path / "slurm.log"
     env = _run_env(slurm_cluster["slurm_conf"], logdir)
     recorder = SlurmJobRecorder(env)
@@ -317,7 +316,18 @@ def test_tiny_pipeline_through_slurm_matches_local_run(slurm_cluster, tiny_local
     )
     print(f"[slurm] slurm run {seconds['slurm']:.0f}s")
 
-    slurm_text = slurm_log.read_text()
+    return slurm_dir, logdir, slurm_log.read_text(), recorder
+
+
+def test_tiny_pipeline_through_slurm_matches_local_run(slurm_cluster, tmp_path_factory, tmp_path):
+    # The shared local run goes on beside the SLURM run (which mostly waits on the controller), not before it.
+    with ThreadPoolExecutor(1) as pool:
+        local_run = pool.submit(shared_tiny_local_run, tmp_path_factory)
+        slurm_dir, logdir, slurm_text, recorder = _slurm_run(slurm_cluster, tmp_path)
+        local = local_run.result()
+    assert local["second_returncode"] == 0, local["second_log"][-5000:]
+    local_dir = Path(local["results"])
+
     assert "Falling back to 'sacct'" not in slurm_text, "plugin ignored --slurm-status-command squeue"
 
     # Same jobs in both runs.

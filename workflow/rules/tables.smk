@@ -2,8 +2,14 @@
 # (Markdown + LaTeX): decoding methods x datasets, benchmark tasks x (original, exits, ACD).
 
 
+# Local rules run where Snakemake runs (on a cluster: the submit host), never as cluster jobs: the manifest,
+# and the seconds-long aggregation jobs (merging shards, tables, figures) that would otherwise wait in the
+# queue at the end of the DAG.
 localrules:
     manifest,
+    merge_generations,
+    tables,
+    figures,
 
 
 rule manifest:
