@@ -400,6 +400,7 @@ def test_min_new_tokens_holds_eos_back(model):
 
 def _search_config() -> dict:
     config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["datasets"] = {"news": config["datasets"]["news"]}  # its news prompts only (not the protocol fixtures)
     config["decoding"] += [
         {"method": "acd", "params": {"lower": 6}, "search": "top_p", "search_params": {"top_p": [0.8, 0.9]}},
         {"method": "exit", "params": {"layer": "exits"}, "search": "beam", "search_params": {"num_beams": 3}},
