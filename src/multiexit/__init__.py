@@ -1,10 +1,16 @@
 """multiexit: multi-exit language models and Auto-Contrastive Decoding (Gera et al., ACL 2023)."""
 
-from multiexit.model.config import MultiExitConfiguration, VocabularyProjectionMode
-from multiexit.model.contrast import calculate_contrasted_logits
-from multiexit.model.modeling import AutoMultiExitModel, is_multi_exit_model
+from multiexit._lazy import lazy_exports
 
 __version__ = "0.1.0"
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "AutoMultiExitModel": "multiexit.model.modeling",
+    "is_multi_exit_model": "multiexit.model.modeling",
+    "MultiExitConfiguration": "multiexit.model.config",
+    "VocabularyProjectionMode": "multiexit.model.config",
+    "calculate_contrasted_logits": "multiexit.model.contrast",
+})
 
 __all__ = [
     "AutoMultiExitModel",

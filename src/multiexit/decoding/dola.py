@@ -51,7 +51,6 @@ from multiexit.decoding.common import (
     stack_new_tokens,
     suppress_eos,
 )
-from multiexit.model.modeling import few_rows_linear
 
 DEFAULTS = {"layers": "high", "relative_top": 0.1, "repetition_penalty": 1.2, "final_norm": False}
 
@@ -153,6 +152,8 @@ def _num_layers(model) -> int:
 
 def premature_logits(model, hidden: torch.Tensor, final_norm: bool) -> torch.Tensor:
     """Logits of early-layer states: the bare output head (HF, the authors), or norm + head + soft-capping."""
+    from multiexit.model.modeling import few_rows_linear  # here: the plan imports this module to validate settings
+
     if final_norm:
         return model.original_head_logits(model.final_transform(hidden))
     return few_rows_linear(model.get_output_embeddings(), hidden)

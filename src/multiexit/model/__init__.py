@@ -3,9 +3,16 @@
 supported architecture keeps its layers, final norm and head (:mod:`.architectures`).
 """
 
-from multiexit.model.config import ORIGINAL, MultiExitConfiguration, VocabularyProjectionMode
-from multiexit.model.contrast import calculate_contrasted_logits
-from multiexit.model.modeling import AutoMultiExitModel, is_multi_exit_model
+from multiexit._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ORIGINAL": "multiexit.model.config",
+    "MultiExitConfiguration": "multiexit.model.config",
+    "VocabularyProjectionMode": "multiexit.model.config",
+    "calculate_contrasted_logits": "multiexit.model.contrast",
+    "AutoMultiExitModel": "multiexit.model.modeling",
+    "is_multi_exit_model": "multiexit.model.modeling",
+})
 
 __all__ = [
     "ORIGINAL",

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from multiexit.model.config import ORIGINAL, VocabularyProjectionMode
-from multiexit.model.modeling import cast_name
 from multiexit.settings import Settings, check_device, setting
 
 
@@ -188,6 +187,8 @@ def add_cast_matrices(model, weights: dict[int, torch.Tensor]) -> None:
     and ``lm_head_layer_indices`` = the cast layers (the layout the core library creates for that
     mode); a model with heads keeps its LAYER_SPECIFIC_PROJECTION layout and gains the casts.
     """
+    from multiexit.model.modeling import cast_name  # here: the plan imports this module for its settings only
+
     hidden = model.config.get_text_config().hidden_size
     param = next(model.parameters())
     for layer, weight in weights.items():

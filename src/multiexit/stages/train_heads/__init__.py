@@ -18,48 +18,48 @@ held-out evaluation), :mod:`.loop` (model preparation, :func:`train_exits`, chec
 :mod:`.report` (loss history CSV / plot, metrics table), :mod:`.run` (one whole run).
 """
 
-from multiexit.stages.train_heads.loop import (
-    EpochOrder,
-    ListDataset,
-    TrainingResult,
-    config_digest,
-    init_exit_heads,
-    list_checkpoints,
-    plan_steps,
-    prepare_model_for_training,
-    save_trained_model,
-    train_exits,
-    trainable_parameters,
-    untie_output_head,
-)
-from multiexit.stages.train_heads.objective import (
-    ExitObjective,
-    body_states,
-    evaluate_exits,
-    evaluate_readers,
-    exit_logits,
-    kl_to_final,
-    read_exit,
-)
-from multiexit.stages.train_heads.report import (
-    draw_loss_history,
-    format_metrics_table,
-    history_rows,
-    plot_loss_history,
-    write_history_csv,
-)
-from multiexit.stages.train_heads.run import build_datasets, eval_readers, heldout_batches, load_tokenizer, run_head_training
-from multiexit.stages.train_heads.settings import (
-    INITS,
-    MIXED_PRECISION,
-    OBJECTIVES,
-    DataSettings,
-    Exit,
-    HeadTrainingConfig,
-    HeadTrainingSettings,
-    parse_exits,
-    train_settings,
-)
+from multiexit._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "EpochOrder": "multiexit.stages.train_heads.loop",
+    "ListDataset": "multiexit.stages.train_heads.loop",
+    "TrainingResult": "multiexit.stages.train_heads.loop",
+    "config_digest": "multiexit.stages.train_heads.loop",
+    "init_exit_heads": "multiexit.stages.train_heads.loop",
+    "list_checkpoints": "multiexit.stages.train_heads.loop",
+    "plan_steps": "multiexit.stages.train_heads.loop",
+    "prepare_model_for_training": "multiexit.stages.train_heads.loop",
+    "save_trained_model": "multiexit.stages.train_heads.loop",
+    "train_exits": "multiexit.stages.train_heads.loop",
+    "trainable_parameters": "multiexit.stages.train_heads.loop",
+    "untie_output_head": "multiexit.stages.train_heads.loop",
+    "ExitObjective": "multiexit.stages.train_heads.objective",
+    "body_states": "multiexit.stages.train_heads.objective",
+    "evaluate_exits": "multiexit.stages.train_heads.objective",
+    "evaluate_readers": "multiexit.stages.train_heads.objective",
+    "exit_logits": "multiexit.stages.train_heads.objective",
+    "kl_to_final": "multiexit.stages.train_heads.objective",
+    "read_exit": "multiexit.stages.train_heads.objective",
+    "draw_loss_history": "multiexit.stages.train_heads.report",
+    "format_metrics_table": "multiexit.stages.train_heads.report",
+    "history_rows": "multiexit.stages.train_heads.report",
+    "plot_loss_history": "multiexit.stages.train_heads.report",
+    "write_history_csv": "multiexit.stages.train_heads.report",
+    "build_datasets": "multiexit.stages.train_heads.run",
+    "eval_readers": "multiexit.stages.train_heads.run",
+    "heldout_batches": "multiexit.stages.train_heads.run",
+    "load_tokenizer": "multiexit.stages.train_heads.run",
+    "run_head_training": "multiexit.stages.train_heads.run",
+    "INITS": "multiexit.stages.train_heads.settings",
+    "MIXED_PRECISION": "multiexit.stages.train_heads.settings",
+    "OBJECTIVES": "multiexit.stages.train_heads.settings",
+    "DataSettings": "multiexit.stages.train_heads.settings",
+    "Exit": "multiexit.stages.train_heads.settings",
+    "HeadTrainingConfig": "multiexit.stages.train_heads.settings",
+    "HeadTrainingSettings": "multiexit.stages.train_heads.settings",
+    "parse_exits": "multiexit.stages.train_heads.settings",
+    "train_settings": "multiexit.stages.train_heads.settings",
+})
 
 __all__ = [
     "DataSettings", "EpochOrder", "Exit", "ExitObjective", "HeadTrainingConfig", "HeadTrainingSettings", "INITS",
