@@ -48,7 +48,7 @@ mutation: $(STAMP)
 	rm -rf mutants
 	$(BIN)/mutmut run --max-children 2 $(MUTANTS); \
 	  $(BIN)/mutmut export-cicd-stats && $(BIN)/python -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
-	  done = s['killed'] + s['survived']; print(f\"mutation score: {s['killed']}/{done} killed ({100 * s['killed'] / max(done, 1):.1f}%), {s['survived']} survived, {s.get('timeout', 0)} timeouts, {s.get('no_tests', 0)} without tests\")"
+	  done = s['killed'] + s['survived']; done or exit('mutmut checked no mutant: its test run failed (see above)'); print(f\"mutation score: {s['killed']}/{done} killed ({100 * s['killed'] / max(done, 1):.1f}%), {s['survived']} survived, {s.get('timeout', 0)} timeouts, {s.get('no_tests', 0)} without tests\")"
 	$(BIN)/mutmut results
 
 clean-venv:
