@@ -148,6 +148,35 @@ def test_objective_matches_core_forward_loss(tiny_dir, chunks):
     assert torch.allclose(per_exit, torch.stack([out.exit_losses[1], out.exit_losses[3]]))
 
 
+def test_exit_logits_rebuilt_from_the_plain_model(tiny_dir, chunks):
+    """exit_logits against the plain HF model's hidden states, final norm and head, under a mask with a hole
+    (mutants that survived `make mutation`: the mask dropped, the projection mode ignored, 'final' by default)."""
+    from transformers import AutoModelForCausalLM
+
+    from multiexit.model.modeling import head_name
+
+    model = prepare_model_for_training(str(tiny_dir), HeadTrainingConfig(exits=[1, 3], init="random")).eval()
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_dir)).eval()
+    ids = collate_chunks(list(chunks.train[:2]))["input_ids"]
+    mask = torch.ones_like(ids)
+    mask[1, 2:5] = 0
+    lens = VocabularyProjectionMode.SHARED_PROJECTION_DIRECT
+    with torch.no_grad():
+        hidden = plain(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        specific = exit_logits(model, ids, mask, [1, 3])
+        shared = exit_logits(model, ids, mask, [1, 3], mode=lens)
+        unmasked = exit_logits(model, ids, torch.ones_like(ids), [1, 3])
+    assert set(specific) == {1, 3} and set(shared) == {1, 3}  # 'final' only when asked for
+    for layer in (1, 3):
+        normed = plain.transformer.ln_f(hidden[layer])
+        head = model.name_to_lm_exit_head[head_name(layer)].weight
+        assert torch.allclose(specific[layer], normed @ head.T, atol=1e-5), layer
+        assert torch.allclose(shared[layer], plain.lm_head(normed), atol=1e-5), layer
+        # the hole changes row 1 after it, and nothing before it
+        assert not torch.allclose(specific[layer][1, 5:], unmasked[layer][1, 5:], atol=1e-4)
+        assert torch.allclose(specific[layer][0], unmasked[layer][0], atol=1e-6)
+
+
 def test_kl_objective_is_kl_from_the_final_layer_to_the_exit(tiny_dir, chunks):
     """objective='kl' = token-mean KL(final-layer distribution || exit distribution), written out here with
     torch's kl_div on the plain HF model's own logits and hidden states (reversing the KL fails this)."""
