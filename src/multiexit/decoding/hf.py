@@ -13,6 +13,7 @@ labels unchanged: 'greedy', 'beam-5', 'top-p-0.95'...).
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from multiexit.decoding.common import multi_exit_output
@@ -69,22 +70,25 @@ HF_SEARCHES = ("greedy", "beam", "top_k", "top_p", "typical", "temperature")
 
 
 def _hf_generate(output: Callable[[dict], dict]) -> GenerateFn:
-    def run(model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id, pad_token_id, min_new_tokens=0,
-            search="greedy", search_params=None):
-        options = SEARCHES[search].options({**SEARCHES[search].defaults, **(search_params or {})})
-        with multi_exit_output(model, MultiExitConfiguration(**output(params), **_projection(params))):
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=min_new_tokens,
-                eos_token_id=eos_token_id,
-                pad_token_id=pad_token_id,
-                **options,
-            )
-        return out[:, input_ids.shape[1]:]
+    """A method's generate function: :func:`_hf_run` with the method's multi-exit output bound. (A partial of a
+    module-level function, not a closure built at registration: mutation testing can then reach its body.)"""
+    return functools.partial(_hf_run, output)
 
-    return run
+
+def _hf_run(output: Callable[[dict], dict], model, input_ids, attention_mask, max_new_tokens, params, *, eos_token_id,
+            pad_token_id, min_new_tokens=0, search="greedy", search_params=None):
+    options = SEARCHES[search].options({**SEARCHES[search].defaults, **(search_params or {})})
+    with multi_exit_output(model, MultiExitConfiguration(**output(params), **_projection(params))):
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            **options,
+        )
+    return out[:, input_ids.shape[1]:]
 
 
 def _projection(params: dict) -> dict:
