@@ -5,20 +5,14 @@ supported architecture keeps its layers, final norm and head (:mod:`.architectur
 
 from multiexit._lazy import lazy_exports
 
-__getattr__, __dir__ = lazy_exports(__name__, {
+_EXPORTS = {
     "ORIGINAL": "multiexit.model.config",
     "MultiExitConfiguration": "multiexit.model.config",
     "VocabularyProjectionMode": "multiexit.model.config",
     "calculate_contrasted_logits": "multiexit.model.contrast",
     "AutoMultiExitModel": "multiexit.model.modeling",
     "is_multi_exit_model": "multiexit.model.modeling",
-})
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = [
-    "ORIGINAL",
-    "AutoMultiExitModel",
-    "MultiExitConfiguration",
-    "VocabularyProjectionMode",
-    "calculate_contrasted_logits",
-    "is_multi_exit_model",
-]
+__all__ = sorted(_EXPORTS)

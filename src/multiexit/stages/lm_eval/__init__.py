@@ -12,28 +12,14 @@ from multiexit._lazy import lazy_exports
 _LAMBADA = "multiexit.stages.lm_eval.lambada_local"
 _TASKS = "multiexit.stages.lm_eval.local_tasks"
 _RUNNER = "multiexit.stages.lm_eval.runner"
-__getattr__, __dir__ = lazy_exports(__name__, {
+_EXPORTS = {
     "LambadaBuildSettings": _LAMBADA, "build_lambada_examples": _LAMBADA, "default_sources": _LAMBADA,
     "write_jsonl": _LAMBADA,
     "LOCAL_TASK_KINDS": _TASKS, "TASKS_DIR": _TASKS, "local_task_config": _TASKS, "parse_task_spec": _TASKS,
     "write_task_yaml": _TASKS,
     "MultiExitLM": "multiexit.stages.lm_eval.model", "known_model_args": "multiexit.stages.lm_eval.model",
     "LmEvalSettings": _RUNNER, "default_samples_path": _RUNNER, "run_lm_eval": _RUNNER,
-})
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = [
-    "LOCAL_TASK_KINDS",
-    "LambadaBuildSettings",
-    "LmEvalSettings",
-    "MultiExitLM",
-    "TASKS_DIR",
-    "build_lambada_examples",
-    "default_samples_path",
-    "default_sources",
-    "known_model_args",
-    "local_task_config",
-    "parse_task_spec",
-    "run_lm_eval",
-    "write_jsonl",
-    "write_task_yaml",
-]
+__all__ = sorted(_EXPORTS)

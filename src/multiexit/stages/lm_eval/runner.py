@@ -110,8 +110,6 @@ def run_lm_eval(
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
-    from multiexit.stages.lm_eval import model as _registers_multi_exit  # noqa: F401  (lm-eval's model registry)
-
     from multiexit.stages.lm_eval import model as _registers_multi_exit  # noqa: F401  (registers multi_exit / multi_exit_gpt)
 
     if isinstance(tasks, str):

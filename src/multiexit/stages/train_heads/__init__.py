@@ -20,7 +20,7 @@ held-out evaluation), :mod:`.loop` (model preparation, :func:`train_exits`, chec
 
 from multiexit._lazy import lazy_exports
 
-__getattr__, __dir__ = lazy_exports(__name__, {
+_EXPORTS = {
     "EpochOrder": "multiexit.stages.train_heads.loop",
     "ListDataset": "multiexit.stages.train_heads.loop",
     "TrainingResult": "multiexit.stages.train_heads.loop",
@@ -59,14 +59,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "HeadTrainingSettings": "multiexit.stages.train_heads.settings",
     "parse_exits": "multiexit.stages.train_heads.settings",
     "train_settings": "multiexit.stages.train_heads.settings",
-})
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-__all__ = [
-    "DataSettings", "EpochOrder", "Exit", "ExitObjective", "HeadTrainingConfig", "HeadTrainingSettings", "INITS",
-    "ListDataset", "MIXED_PRECISION", "OBJECTIVES", "TrainingResult", "body_states",
-    "build_datasets", "config_digest", "draw_loss_history", "eval_readers", "evaluate_exits", "evaluate_readers", "exit_logits",
-    "format_metrics_table", "heldout_batches", "history_rows", "init_exit_heads", "kl_to_final", "list_checkpoints",
-    "load_tokenizer", "parse_exits", "plan_steps", "plot_loss_history", "prepare_model_for_training",
-    "read_exit", "run_head_training", "save_trained_model", "train_exits", "train_settings", "trainable_parameters",
-    "untie_output_head", "write_history_csv",
-]
+__all__ = sorted(_EXPORTS)
