@@ -7,7 +7,6 @@
 # The config is validated against workflow/schemas/config.schema.yaml (defaults filled in) and
 # then checked and expanded by multiexit.pipeline.build_plan before any job is planned: a bad
 # key stops the run here, naming the key. See docs/pipeline.md.
-import json
 import os
 import re
 import shlex

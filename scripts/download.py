@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--configfile", nargs="+", help="pipeline config file(s), merged as Snakemake does")
-    source.add_argument("--config-json", default=None, help="the whole (validated) pipeline config as one JSON object "
-                                                           "(what the pipeline's download job passes)")
+    source.add_argument("--items-json", default=None, help="the fetch list as one JSON array (what the pipeline's download job "
+                                                          "passes: Plan.download_spec())")
     parser.add_argument("--hf-cache", default=None,
                         help="Hugging Face cache root to fill (HF_HOME layout; default: the config's hf_cache, else $HF_HOME "
                              "or ~/.cache/huggingface)")
@@ -36,14 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from multiexit.pipeline import load_config_files
 
-    config = json.loads(args.config_json) if args.config_json is not None else load_config_files(*args.configfile)
+    config = {} if args.items_json is not None else load_config_files(*args.configfile)
     hf_cache = args.hf_cache or config.get("hf_cache")
     if hf_cache:  # before datasets / huggingface_hub read their cache locations
         os.environ["HF_HOME"] = str(hf_cache)
     from multiexit.io import atomic_write_text
-    from multiexit.stages.download import DownloadError, fetch_all, fetch_list
+    from multiexit.stages.download import DownloadError, Fetch, fetch_all, fetch_list
 
-    items = fetch_list(config)
+    items = [Fetch.from_dict(item) for item in json.loads(args.items_json)] if args.items_json is not None else fetch_list(config)
     if not items:
         print("nothing to fetch: every model and data set is local or a package source")
     if args.dry_run:

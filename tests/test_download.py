@@ -135,6 +135,6 @@ def test_offline_configs_have_nothing_to_fetch(config, tmp_path, capsys, monkeyp
     spec.loader.exec_module(script)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     report = tmp_path / "report.json"
-    assert script.main(["--config-json", json.dumps(plan.config), "--output", str(report)]) == 0
+    assert script.main(["--items-json", plan.download_spec(), "--output", str(report)]) == 0
     assert "nothing to fetch" in capsys.readouterr().out
     assert json.loads(report.read_text()) == {"hf_cache": None, "items": []}

@@ -268,6 +268,18 @@ def test_tiny_config_end_to_end_with_interruption(tiny_local_run):
     third = subprocess.run(tiny_argv(Path(run["workdir"]), Path(run["overlay"]), results, "-n"), cwd=REPO,
                            env=pipeline_env(), capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "Nothing to be done" in third.stdout + third.stderr
+    # changing one lm-eval setting reruns only the lm-eval side: not the download job (whose report every job
+    # reads), so not head training or generation
+    changed = Path(run["workdir"]) / "lm_eval_changed.yaml"
+    changed.write_text(yaml.safe_dump({"lm_eval": {"tasks": [{"name": "lambada_news", "kind": "lambada_local",
+                                                              "build": {"num_examples": 6, "seed": 0}}]}}))
+    fourth = subprocess.run([*tiny_argv(Path(run["workdir"]), Path(run["overlay"]), results, "-n"), "--configfile",
+                             str(TINY), str(run["overlay"]), str(changed)], cwd=REPO, env=pipeline_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    planned = set(re.findall(r"^(?:local)?rule (\w+):", fourth.stdout + fourth.stderr, re.MULTILINE))
+    assert {"build_lm_eval_data", "lm_eval", "tables", "figures"} <= planned
+    assert not planned & {"download", "prepare_model", "train_heads", "fit_cast", "prompt_set", "generate", "score"}, planned
 
 
 def check_protocol_runs(results: Path) -> None:

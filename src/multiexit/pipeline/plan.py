@@ -101,6 +101,15 @@ class Plan:
     def download_report(self) -> str:
         return self.layout.download_report
 
+    def download_spec(self) -> str:
+        """The download job's one JSON argument: what the config fetches from the Hub (not the whole config, so that
+        changing another setting does not rerun the download and, through its report, every job after it)."""
+        import json
+
+        from multiexit.stages.download import fetch_list
+
+        return json.dumps([item.as_dict() for item in fetch_list(self.config)], sort_keys=True)
+
     @property
     def hf_cache(self) -> str | None:
         return self.config["hf_cache"]
@@ -144,10 +153,10 @@ class Plan:
         ).to_json()
 
     def prompt_set_spec(self, dataset: str) -> str:
-        """The prompt-set job's spec: the dataset's DatasetRequest (the same the generation jobs check it against)."""
-        from multiexit.inputs.prompts import DatasetRequest
+        """The prompt-set job's spec: the dataset's PromptSetSettings (the same the generation jobs check it against)."""
+        from multiexit.inputs.prompts import PromptSetSettings
 
-        return DatasetRequest.from_dict(self.dataset_request(dataset)).to_json()
+        return PromptSetSettings.from_dict(self.dataset_request(dataset)).to_json()
 
     def score_spec(self) -> str:
         return self.stages["score"].to_json()
@@ -323,7 +332,7 @@ PIPELINE_DATASET_KEYS = ("shards", "new_tokens", "min_new_tokens")
 
 
 def dataset_request(spec: dict) -> dict:
-    """The multiexit.inputs.prompts.DatasetRequest part of a dataset entry (pipeline-only keys removed)."""
+    """The multiexit.inputs.prompts.PromptSetSettings part of a dataset entry (pipeline-only keys removed)."""
     return {k: v for k, v in spec.items() if k not in PIPELINE_DATASET_KEYS}
 
 
@@ -398,8 +407,8 @@ def _plan_models(plan: Plan, check_refs, stage_options) -> dict:
 
 
 def _plan_generation(plan: Plan, check_refs, stage_options) -> dict:
-    """Datasets (DatasetRequest + shards + new_tokens), the generation stage's options, ScoreSettings."""
-    from multiexit.inputs.prompts import PROTOCOLS, DatasetRequest
+    """Datasets (PromptSetSettings + shards + new_tokens), the generation stage's options, ScoreSettings."""
+    from multiexit.inputs.prompts import PROTOCOLS, PromptSetSettings
     from multiexit.stages.generate import GenerateSettings
     from multiexit.stages.score import ScoreSettings
 
@@ -410,7 +419,7 @@ def _plan_generation(plan: Plan, check_refs, stage_options) -> dict:
         check_refs(spec, key)
         request = plan.resolve_refs(dataset_request(spec))
         try:
-            parsed = DatasetRequest.from_dict(request)
+            parsed = PromptSetSettings.from_dict(request)
         except ConfigError as err:
             raise ConfigError(key if err.key == "<settings>" else f"{key}.{err.key}", err.message) from None
         shards = GenerateSettings.check_value("num_shards", spec.get("shards", GenerateSettings.num_shards), f"{key}.shards")

@@ -51,6 +51,10 @@ class Fetch:
     def as_dict(self) -> dict:
         return {**asdict(self), "splits": list(self.splits)}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Fetch":
+        return cls(**{**data, "splits": tuple(data.get("splits", ()))})
+
     def describe(self) -> str:
         where = self.repo_id + (f" [{self.config}]" if self.config else "") + (f" {'+'.join(self.splits)}" if self.splits else "")
         return f"{self.kind:7s} {where}{' (gated)' if self.gated else ''}  <- {self.key}"
@@ -137,7 +141,7 @@ def lm_eval_task_dataset(task: str, tasks_dir: str | Path | None = None) -> tupl
 
 def fetch_list(config: dict) -> list[Fetch]:
     """Everything the (schema-validated) pipeline ``config`` reads from the Hub, without duplicates."""
-    from multiexit.inputs.prompts import DatasetRequest
+    from multiexit.inputs.prompts import PromptSetSettings
     from multiexit.pipeline.plan import dataset_request
 
     items: list[Fetch] = []
@@ -151,7 +155,7 @@ def fetch_list(config: dict) -> list[Fetch]:
         if cast:
             items += _corpus_fetches(str((cast.get("options") or {}).get("data", "lee_background")), f"models.{name}.cast.options.data")
     for name, spec in config.get("datasets", {}).items():
-        request = DatasetRequest.from_dict(dataset_request(spec), f"datasets.{name}")
+        request = PromptSetSettings.from_dict(dataset_request(spec), f"datasets.{name}")
         entry = request.entry()
         if entry.source == "hub" and not Path(str(entry.path)).exists():
             items.append(Fetch("dataset", entry.path, entry.hub_config, tuple(entry.split.split("+")), entry.revision,
