@@ -74,9 +74,9 @@ def probe(_args) -> int:
 
 def _prompts(tokenizer, count: int):
     """``count`` news prompts of 32 tokens (the gensim Lee corpus, cycled when it has fewer)."""
-    from multiexit.inputs.prompts import DatasetRequest, Prompt, load_prompts
+    from multiexit.inputs.prompts import PromptSetSettings, Prompt, load_prompts
 
-    base = load_prompts(DatasetRequest(name="gensim-lee", num_prompts=None, prompt_tokens=32, min_reference_tokens=8), tokenizer)
+    base = load_prompts(PromptSetSettings(name="gensim-lee", num_prompts=None, prompt_tokens=32, min_reference_tokens=8), tokenizer)
     return [Prompt(f"{p.id}#{i}", p.prompt, p.reference, p.prompt_ids) for i, p in
             ((i, base[i % len(base)]) for i in range(count))]
 
@@ -147,12 +147,12 @@ def training_throughput(device, dtype, batch: int, seq_len: int, steps: int, rep
 
     from multiexit.inputs.corpora import collate_chunks, load_token_chunks
     from multiexit.inputs.models import resolve_model_source
-    from multiexit.stages.train_heads import ExitObjective, HeadTrainingConfig, prepare_model_for_training, trainable_parameters
+    from multiexit.stages.train_heads import ExitObjective, HeadTrainingSettings, prepare_model_for_training, trainable_parameters
 
     report.append(f"\n## Head training (exits 6, 12, 18, 24; frozen body; AdamW; batch {batch} x {seq_len})\n")
     try:
         source = resolve_model_source(MODEL)
-        config = HeadTrainingConfig(exits=[6, 12, 18, 24], init="warm", batch_size=batch)
+        config = HeadTrainingSettings(exits=[6, 12, 18, 24], init="warm", batch_size=batch)
         chunks = load_token_chunks("lee_background", AutoTokenizer.from_pretrained(source), seq_len,
                                    train_tokens=2 * batch * seq_len, seed=0).train
         batches = [collate_chunks(list(chunks[i * batch:(i + 1) * batch])) for i in range(2)]

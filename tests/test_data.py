@@ -10,7 +10,7 @@ import pytest
 
 from multiexit.inputs.prompts import (
     CATALOG,
-    DatasetRequest,
+    PromptSetSettings,
     build_prompt_set,
     load_prompts,
     open_rows,
@@ -45,7 +45,7 @@ def test_local_jsonl_prompts_keep_ids_and_cut_tokens(tmp_path, gpt2_tokenizer):
     path = tmp_path / "docs.jsonl"
     rows = [{"text": _words(80, 100 * i), "doc": f"d{i}"} for i in range(6)] + [{"text": _words(10), "doc": "short"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    request = DatasetRequest.from_dict({"name": "local", "path": str(path), "id_field": "doc", "num_prompts": 4,
+    request = PromptSetSettings.from_dict({"name": "local", "path": str(path), "id_field": "doc", "num_prompts": 4,
                                         "prompt_tokens": 8, "min_reference_tokens": 20, "max_reference_tokens": 30, "seed": 3})
     prompts = load_prompts(request, gpt2_tokenizer)
     assert len(prompts) == 4 and len({p.id for p in prompts}) == 4
@@ -60,7 +60,7 @@ def test_local_jsonl_prompts_keep_ids_and_cut_tokens(tmp_path, gpt2_tokenizer):
     # same seed -> same prompts; another seed -> another order
     again = load_prompts(request, gpt2_tokenizer)
     assert [p.id for p in again] == [p.id for p in prompts]
-    other = load_prompts(DatasetRequest.from_dict({**request.as_dict(), "seed": 4}), gpt2_tokenizer)
+    other = load_prompts(PromptSetSettings.from_dict({**request.as_dict(), "seed": 4}), gpt2_tokenizer)
     assert [p.id for p in other] != [p.id for p in prompts]
 
 
@@ -72,7 +72,7 @@ def _ids_and_texts(request):
 def test_text_blocks_and_default_ids(tmp_path, gpt2_tokenizer):
     path = tmp_path / "docs.txt"
     path.write_text(f"{_words(50)}\n\n{_words(50, 200)}\n  \n{_words(3)}\n")
-    ids, texts = _ids_and_texts(DatasetRequest(name="local", path=str(path)))
+    ids, texts = _ids_and_texts(PromptSetSettings(name="local", path=str(path)))
     assert ids == ["docs.txt/0", "docs.txt/1", "docs.txt/2"]
     assert texts[1] == _words(50, 200)
     prompts = load_prompts({"name": "local", "path": str(path), "num_prompts": 2, "prompt_tokens": 4, "min_reference_tokens": 10},
@@ -110,7 +110,7 @@ def test_hub_entries_name_the_sources_datasets():
     assert (wiki.path, wiki.hub_config, wiki.split, wiki.rules) == ("Salesforce/wikitext", "wikitext-103-raw-v1", "validation", "wikitext")
     assert CATALOG["wikinews"].path == "bigscience-data/roots_en_wikinews" and CATALOG["wikinews"].gated
     assert CATALOG["bookcorpus"].path == "bookcorpus/bookcorpus" and CATALOG["bookcorpus"].rules == "bookcorpus"
-    assert DatasetRequest(name="wikitext-103", protocol="cd").entry().split == "validation+test"
+    assert PromptSetSettings(name="wikitext-103", protocol="cd").entry().split == "validation+test"
 
 
 @pytest.mark.parametrize(
@@ -129,7 +129,7 @@ def test_hub_entries_name_the_sources_datasets():
 )
 def test_bad_requests_are_named_errors(data, key, message):
     with pytest.raises(ConfigError) as err:
-        DatasetRequest.from_dict(data)
+        PromptSetSettings.from_dict(data)
     assert err.value.key == key and message in str(err.value)
 
 
@@ -137,7 +137,7 @@ def test_missing_text_field_is_an_error(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"missing text field 'text'; fields present: \['body'\]"):
-        open_rows(DatasetRequest(name="local", path=str(path)))
+        open_rows(PromptSetSettings(name="local", path=str(path)))
 
 
 def test_too_few_usable_documents_is_an_error(tmp_path, gpt2_tokenizer):
@@ -150,7 +150,7 @@ def test_too_few_usable_documents_is_an_error(tmp_path, gpt2_tokenizer):
 
 def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="file not found"):
-        open_rows(DatasetRequest(name="local", path=str(tmp_path / "none.jsonl")))
+        open_rows(PromptSetSettings(name="local", path=str(tmp_path / "none.jsonl")))
 
 
 def test_without_limit_every_usable_document_is_taken(tmp_path, gpt2_tokenizer):

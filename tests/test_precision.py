@@ -163,9 +163,9 @@ def test_lm_eval_loglikelihood_in_bfloat16(tiny_dir):
 
 def test_a_head_training_step_in_bf16_autocast_lowers_the_loss(tiny_dir):
     from multiexit.inputs.corpora import collate_chunks, load_token_chunks
-    from multiexit.stages.train_heads import ExitObjective, HeadTrainingConfig, prepare_model_for_training
+    from multiexit.stages.train_heads import ExitObjective, HeadTrainingSettings, prepare_model_for_training
 
-    config = HeadTrainingConfig(exits=[2, 4], init="random", learning_rate=1e-2, batch_size=4, seed=0)
+    config = HeadTrainingSettings(exits=[2, 4], init="random", learning_rate=1e-2, batch_size=4, seed=0)
     model = prepare_model_for_training(tiny_dir, config)
     from transformers import AutoTokenizer
 

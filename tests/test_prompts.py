@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 from make_hub_fixtures import words  # noqa: E402
 
-from multiexit.inputs.prompts import DatasetRequest, build_prompt_set  # noqa: E402
+from multiexit.inputs.prompts import PromptSetSettings, build_prompt_set  # noqa: E402
 from multiexit.settings import ConfigError  # noqa: E402
 from multiexit.stages.prompts import meta_path, prepare_prompt_set, read_prompt_set  # noqa: E402
 
@@ -32,7 +32,7 @@ def cache(tmp_path_factory):
 
 
 def _build(spec, tokenizer, cache):
-    return build_prompt_set(DatasetRequest.from_dict(spec, "dataset"), tokenizer, cache)
+    return build_prompt_set(PromptSetSettings.from_dict(spec, "dataset"), tokenizer, cache)
 
 
 def test_acd_wikitext_lines_words_and_replacements(gpt2_tokenizer, cache):
@@ -115,7 +115,7 @@ def test_tokens_protocol_on_wikitext_lines_and_book_documents(gpt2_tokenizer, ca
 )
 def test_bad_requests_name_the_key(data, key, text):
     with pytest.raises(ConfigError) as info:
-        DatasetRequest.from_dict(data, "dataset")
+        PromptSetSettings.from_dict(data, "dataset")
     assert info.value.key == key and text in str(info.value)
 
 

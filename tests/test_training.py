@@ -27,7 +27,7 @@ from multiexit.inputs.corpora import (
 )
 from multiexit.stages.train_heads import (
     ExitObjective,
-    HeadTrainingConfig,
+    HeadTrainingSettings,
     evaluate_exits,
     exit_logits,
     heldout_batches,
@@ -82,7 +82,7 @@ def _base_state(model):
 
 @pytest.mark.parametrize("init", ["random", "warm"])
 def test_every_exit_loss_falls_and_base_is_untouched(tiny_dir, chunks, init):
-    config = HeadTrainingConfig(exits=[1, 2, 3], init=init, learning_rate=2e-2, max_steps=24, batch_size=4, seed=0)
+    config = HeadTrainingSettings(exits=[1, 2, 3], init=init, learning_rate=2e-2, max_steps=24, batch_size=4, seed=0)
     model = prepare_model_for_training(str(tiny_dir), config)
     assert sorted(trainable_parameters(model)) == [f"name_to_lm_exit_head.lm_head_{l}.weight" for l in (1, 2, 3)]
     if init == "warm":
@@ -114,7 +114,7 @@ def test_cast_init_folds_the_least_squares_cast_into_the_original_head(tiny_dir,
     from transformers import AutoModelForCausalLM
 
     data = chunks.train[:12]
-    config = HeadTrainingConfig(exits=[2, 4], init="cast", cast_positions=10**6)  # capped: every usable position
+    config = HeadTrainingSettings(exits=[2, 4], init="cast", cast_positions=10**6)  # capped: every usable position
     model = prepare_model_for_training(str(tiny_dir), config, cast_chunks=data)
     plain = AutoModelForCausalLM.from_pretrained(tiny_dir)
     with torch.no_grad():
@@ -132,14 +132,14 @@ def test_cast_init_folds_the_least_squares_cast_into_the_original_head(tiny_dir,
         prepare_model_for_training(str(tiny_dir), config)
     # max_steps=0: no optimizer step, the heads stay the cast fold (a training-free exit)
     before = model.name_to_lm_exit_head["lm_head_2"].weight.detach().clone()
-    zero = HeadTrainingConfig(exits=[2, 4], init="cast", max_steps=0, batch_size=4)
+    zero = HeadTrainingSettings(exits=[2, 4], init="cast", max_steps=0, batch_size=4)
     result = train_exits(model, list(chunks.train), zero, collate_chunks, log=lambda *_: None)
     assert result.steps == 0 and result.history == []
     assert torch.equal(model.name_to_lm_exit_head["lm_head_2"].weight, before)
 
 
 def test_objective_matches_core_forward_loss(tiny_dir, chunks):
-    config = HeadTrainingConfig(exits=[1, 3], init="random")
+    config = HeadTrainingSettings(exits=[1, 3], init="random")
     model = prepare_model_for_training(str(tiny_dir), config)
     batch = collate_chunks(list(chunks.train[:4]))
     total, per_exit = ExitObjective(model, [1, 3])(batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -155,7 +155,7 @@ def test_exit_logits_rebuilt_from_the_plain_model(tiny_dir, chunks):
 
     from multiexit.model.modeling import head_name
 
-    model = prepare_model_for_training(str(tiny_dir), HeadTrainingConfig(exits=[1, 3], init="random")).eval()
+    model = prepare_model_for_training(str(tiny_dir), HeadTrainingSettings(exits=[1, 3], init="random")).eval()
     plain = AutoModelForCausalLM.from_pretrained(str(tiny_dir)).eval()
     ids = collate_chunks(list(chunks.train[:2]))["input_ids"]
     mask = torch.ones_like(ids)
@@ -182,7 +182,7 @@ def test_kl_objective_is_kl_from_the_final_layer_to_the_exit(tiny_dir, chunks):
     torch's kl_div on the plain HF model's own logits and hidden states (reversing the KL fails this)."""
     from transformers import AutoModelForCausalLM
 
-    config = HeadTrainingConfig(exits=[1, 2], objective="kl", init="random", seed=4)
+    config = HeadTrainingSettings(exits=[1, 2], objective="kl", init="random", seed=4)
     model = prepare_model_for_training(str(tiny_dir), config)
     with torch.no_grad():  # peaked exits against a near-uniform random final layer: the two KL directions differ
         for layer in (1, 2):
@@ -205,7 +205,7 @@ def test_kl_objective_is_kl_from_the_final_layer_to_the_exit(tiny_dir, chunks):
 
 
 def test_kl_objective_trains_towards_final_layer(tiny_dir, chunks):
-    config = HeadTrainingConfig(exits=[1, 2], objective="kl", init="random", learning_rate=2e-2, max_steps=16, batch_size=4)
+    config = HeadTrainingSettings(exits=[1, 2], objective="kl", init="random", learning_rate=2e-2, max_steps=16, batch_size=4)
     model = prepare_model_for_training(str(tiny_dir), config)
     result = train_exits(model, list(chunks.train), config, collate_chunks, log=lambda *_: None)
     for exit_ in ("1", "2"):
@@ -216,7 +216,7 @@ def test_kl_objective_trains_towards_final_layer(tiny_dir, chunks):
 def test_original_head_finetuning_unties_and_keeps_embeddings(tiny_dir, chunks, tmp_path):
     from multiexit.stages.train_heads import save_trained_model
 
-    config = HeadTrainingConfig(exits=[2, "original"], init="warm", learning_rate=1e-2, max_steps=6, batch_size=4)
+    config = HeadTrainingSettings(exits=[2, "original"], init="warm", learning_rate=1e-2, max_steps=6, batch_size=4)
     model = prepare_model_for_training(str(tiny_dir), config)
     embeddings = model.get_input_embeddings().weight.detach().clone()
     head = model.lm_head.weight.detach().clone()
@@ -246,7 +246,7 @@ def test_task_mode_leaves_prompt_tokens_out_of_the_loss(tiny_dir):
     batch = collate_task(encoded, tokenizer.pad_token_id)
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
 
-    model = prepare_model_for_training(str(tiny_dir), HeadTrainingConfig(exits=[2], init="random"))
+    model = prepare_model_for_training(str(tiny_dir), HeadTrainingSettings(exits=[2], init="random"))
     loss, _ = ExitObjective(model, [2])(batch["input_ids"], batch["attention_mask"], batch["labels"])
     logits = exit_logits(model, batch["input_ids"], batch["attention_mask"], [2])[2]
     target = batch["labels"][:, 1:]
@@ -357,13 +357,13 @@ def test_bad_settings_are_rejected():
     with pytest.raises(ValueError, match="duplicates"):
         parse_exits([6, 6])
     with pytest.raises(ValueError, match="objective"):
-        HeadTrainingConfig(exits=[1], objective="mse")
+        HeadTrainingSettings(exits=[1], objective="mse")
     with pytest.raises(ValueError, match="init"):
-        HeadTrainingConfig(exits=[1], init="zeros")
+        HeadTrainingSettings(exits=[1], init="zeros")
     with pytest.raises(ValueError, match="original"):
-        HeadTrainingConfig(exits=[1, "original"], objective="kl")
+        HeadTrainingSettings(exits=[1, "original"], objective="kl")
     with pytest.raises(ValueError, match="max_steps and max_tokens"):
-        HeadTrainingConfig(exits=[1], max_steps=3, max_tokens=100)
+        HeadTrainingSettings(exits=[1], max_steps=3, max_tokens=100)
     with pytest.raises(ValueError, match="corpus"):
         load_token_chunks("definitely/not/here.txt", None, 16)
 
@@ -372,7 +372,6 @@ def test_train_block_maps_onto_the_two_settings_classes():
     from multiexit.settings import ConfigError
     from multiexit.stages.train_heads import DataSettings, HeadTrainingSettings, train_settings
 
-    assert HeadTrainingConfig is HeadTrainingSettings
     block = {"data": "lee_background", "init": "random", "learning_rate": 1.0e-3, "max_steps": 16, "batch_size": 2,
              "seq_len": 128, "eval_tokens": 512, "eval_batch_size": 4, "checkpoint_every": 4, "cpu": True}
     training, data = train_settings(block, [24, 8, 16], "models.m.train")
@@ -422,9 +421,9 @@ def test_authors_budget_and_chunking_settings(tiny_dir, tmp_path):
     from multiexit.stages.train_heads import EpochOrder, ListDataset, plan_steps
 
     # 100 chunks, batch 16, 3 epochs: 300 items -> 18 whole steps (300 // 16)
-    assert plan_steps(HeadTrainingConfig(exits=[1], epochs=3), 100, 511.0, 1) == 18
-    assert plan_steps(HeadTrainingConfig(exits=[1]), 100, 511.0, 1) == 6
-    assert plan_steps(HeadTrainingConfig(exits=[1], epochs=2, batch_size=5, grad_accum=2), 100, 511.0, 2) == 10
+    assert plan_steps(HeadTrainingSettings(exits=[1], epochs=3), 100, 511.0, 1) == 18
+    assert plan_steps(HeadTrainingSettings(exits=[1]), 100, 511.0, 1) == 6
+    assert plan_steps(HeadTrainingSettings(exits=[1], epochs=2, batch_size=5, grad_accum=2), 100, 511.0, 2) == 10
     order = EpochOrder(ListDataset(list(range(7))), epochs=3, seed=1)
     for epoch in range(3):
         assert sorted(order[epoch * 7 + i] for i in range(7)) == list(range(7))

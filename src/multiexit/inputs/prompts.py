@@ -1,6 +1,6 @@
 """Prompt sets for open-ended generation: a corpus catalog, named prompt protocols, prompt/reference cuts.
 
-A prompt set is built from a :class:`DatasetRequest` (a catalog name, overrides such as a local
+A prompt set is built from a :class:`PromptSetSettings` (a catalog name, overrides such as a local
 ``path``, and a *protocol*) and the generating model's tokenizer. Three protocols exist
 (:data:`PROTOCOLS`); each names the source file it follows:
 
@@ -148,7 +148,7 @@ def _check_name(value: str) -> None:
 
 
 @dataclass(frozen=True)
-class DatasetRequest(Settings):
+class PromptSetSettings(Settings):
     """Which rows to read and how to cut them into prompts (JSON-serialisable; the prompt-set job's spec).
 
     ``name`` is a :data:`CATALOG` key; ``path`` etc. override the catalog entry (``path`` is
@@ -397,7 +397,7 @@ def _load_hub_split(entry: CatalogEntry, split: str, cache_dir: str | None):
     return datasets.load_dataset(entry.path, entry.hub_config, **kwargs)
 
 
-def _local_records(request: DatasetRequest, entry: CatalogEntry) -> tuple[list[str], list[str]]:
+def _local_records(request: PromptSetSettings, entry: CatalogEntry) -> tuple[list[str], list[str]]:
     """(ids, texts) of a small local file (jsonl, text blocks, one document per line)."""
     path = Path(entry.path)
     if not path.is_file():
@@ -431,7 +431,7 @@ def _local_records(request: DatasetRequest, entry: CatalogEntry) -> tuple[list[s
     return ids, texts
 
 
-def open_rows(request: DatasetRequest, cache_dir: str | None = None) -> Rows:
+def open_rows(request: PromptSetSettings, cache_dir: str | None = None) -> Rows:
     """The rows of the requested corpus: Hub (or a local copy of a Hub repository), parquet, or a small local file."""
     import datasets
 
@@ -475,14 +475,14 @@ def special_prefix_ids(tokenizer) -> list[int]:
     raise ValueError("tokenizer adds special tokens in a way prompts cannot reproduce")
 
 
-def _too_few(request: DatasetRequest, stats: PromptStats, rule: str) -> ValueError:
+def _too_few(request: PromptSetSettings, stats: PromptStats, rule: str) -> ValueError:
     return ValueError(
         f"dataset {request.name!r} (protocol {request.protocol}): only {stats.usable} of {stats.rows} rows are usable "
         f"({rule}); num_prompts={request.num_prompts} requested"
     )
 
 
-def acd_prompts(rows: Rows, tokenizer, request: DatasetRequest) -> tuple[list[Prompt], PromptStats]:
+def acd_prompts(rows: Rows, tokenizer, request: PromptSetSettings) -> tuple[list[Prompt], PromptStats]:
     rules = rows.entry.rules
     stats = PromptStats(rows=len(rows))
     usable: list[int] = []
@@ -511,7 +511,7 @@ CD_WIKITEXT_MIN_TOKENS = 160  # run_generation.py: len(x) >= 160 (BOS included)
 CD_FILE_MIN_TOKENS = 150  # run_generation.py load_prompts_simple: len(ids) < 150 skipped
 
 
-def cd_prompts(rows: Rows, tokenizer, request: DatasetRequest) -> tuple[list[Prompt], PromptStats]:
+def cd_prompts(rows: Rows, tokenizer, request: PromptSetSettings) -> tuple[list[Prompt], PromptStats]:
     stats = PromptStats(rows=len(rows))
     wikitext = rows.entry.rules == "wikitext"
     bos = tokenizer.bos_token
@@ -546,7 +546,7 @@ def cd_prompts(rows: Rows, tokenizer, request: DatasetRequest) -> tuple[list[Pro
     return prompts, stats
 
 
-def tokens_prompts(rows: Rows, tokenizer, request: DatasetRequest) -> tuple[list[Prompt], PromptStats]:
+def tokens_prompts(rows: Rows, tokenizer, request: PromptSetSettings) -> tuple[list[Prompt], PromptStats]:
     entry = rows.entry
     group = entry.rows_per_document
     n_docs = -(-len(rows) // group)
@@ -585,10 +585,10 @@ def tokens_prompts(rows: Rows, tokenizer, request: DatasetRequest) -> tuple[list
 PROTOCOL_BUILDERS: dict[str, Callable] = {"acd": acd_prompts, "cd": cd_prompts, "tokens": tokens_prompts}
 
 
-def build_prompt_set(request: DatasetRequest | dict, tokenizer, cache_dir: str | None = None) -> tuple[list[Prompt], PromptStats, dict]:
+def build_prompt_set(request: PromptSetSettings | dict, tokenizer, cache_dir: str | None = None) -> tuple[list[Prompt], PromptStats, dict]:
     """Read the corpus and build the prompt set for ``tokenizer``: (prompts, counts, source description)."""
     if isinstance(request, dict):
-        request = DatasetRequest.from_dict(request, "dataset")
+        request = PromptSetSettings.from_dict(request, "dataset")
     rows = open_rows(request, cache_dir)
     prompts, stats = PROTOCOL_BUILDERS[request.protocol](rows, tokenizer, request)
     ids = [p.id for p in prompts]
@@ -597,7 +597,7 @@ def build_prompt_set(request: DatasetRequest | dict, tokenizer, cache_dir: str |
     return prompts, stats, rows.source_info
 
 
-def load_prompts(request: DatasetRequest | dict, tokenizer, cache_dir: str | None = None) -> list[Prompt]:
+def load_prompts(request: PromptSetSettings | dict, tokenizer, cache_dir: str | None = None) -> list[Prompt]:
     """The prompt set of ``request`` for ``tokenizer`` (the generating model's)."""
     return build_prompt_set(request, tokenizer, cache_dir)[0]
 
@@ -620,7 +620,7 @@ __all__ = [
     "CATALOG",
     "CatalogEntry",
     "ConfigError",
-    "DatasetRequest",
+    "PromptSetSettings",
     "LEE_NAME",
     "PROTOCOLS",
     "Prompt",

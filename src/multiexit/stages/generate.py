@@ -40,7 +40,7 @@ import torch
 import multiexit.decoding.registry as decoding
 from multiexit.io import atomic_write_text, read_jsonl
 from multiexit.inputs.models import DTYPE_NAMES, check_dtype_name, dtype_name, load_model
-from multiexit.inputs.prompts import DatasetRequest, Prompt, load_prompts
+from multiexit.inputs.prompts import PromptSetSettings, Prompt, load_prompts
 from multiexit.decoding.registry import DecodingSetting, derived_settings, parse_decoding
 from multiexit.seeding import seed_everything
 from multiexit.settings import Settings, check_device, setting
@@ -136,7 +136,7 @@ class GenerateSettings(Settings):
             from multiexit.stages.prompts import prompt_set_identity
 
             prompt_set = prompt_set_identity(self.prompts)
-            request = DatasetRequest.from_dict(self.dataset, "dataset").as_dict()
+            request = PromptSetSettings.from_dict(self.dataset, "dataset").as_dict()
             if prompt_set["request"] != request:
                 raise ValueError(f"prompts: {self.prompts} was built for {prompt_set['request']}, not for this dataset {request}")
         return make_run(model, self.method, self.params, self.dataset, seed=self.seed, max_new_tokens=self.max_new_tokens,
@@ -158,7 +158,7 @@ class GenerationRun:
 
     model: str
     setting: DecodingSetting
-    dataset: DatasetRequest
+    dataset: PromptSetSettings
     seed: int
     max_new_tokens: int
     batch_size: int
@@ -484,7 +484,7 @@ def make_run(
     model: str,
     method: str,
     params: dict | None,
-    dataset: DatasetRequest | dict,
+    dataset: PromptSetSettings | dict,
     **kwargs,
 ) -> GenerationRun:
     """Validate everything (decoding name/params, dataset request, sizes) before any model work.
@@ -492,7 +492,7 @@ def make_run(
     ``kwargs`` not given take :class:`GenerateSettings`' defaults.
     """
     setting = parse_decoding(method, params)
-    request = dataset if isinstance(dataset, DatasetRequest) else DatasetRequest.from_dict(dataset)
+    request = dataset if isinstance(dataset, PromptSetSettings) else PromptSetSettings.from_dict(dataset)
     request.validate()
     defaults = {f.name: f.default for f in fields(GenerateSettings) if f.name in _RUN_FIELDS}
     return GenerationRun(model=model, setting=setting, dataset=request, **{**defaults, **kwargs})

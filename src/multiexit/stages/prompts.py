@@ -18,7 +18,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from multiexit.inputs.prompts import PROTOCOLS, DatasetRequest, Prompt, build_prompt_set
+from multiexit.inputs.prompts import PROTOCOLS, PromptSetSettings, Prompt, build_prompt_set
 from multiexit.io import atomic_open, atomic_write_text, iter_jsonl
 
 
@@ -42,13 +42,13 @@ def load_tokenizer(source: str):
     return AutoTokenizer.from_pretrained(resolve_model_source(source))
 
 
-def prepare_prompt_set(request: DatasetRequest | dict, tokenizer, output: str | Path, cache_dir: str | None = None) -> dict:
+def prepare_prompt_set(request: PromptSetSettings | dict, tokenizer, output: str | Path, cache_dir: str | None = None) -> dict:
     """Build the prompt set of ``request`` with ``tokenizer`` and write ``output`` (+ sidecar); returns the sidecar."""
     output = Path(output)
     if not output.name.endswith(".jsonl"):
         raise ValueError(f"output must end in .jsonl, got {output}")
     if isinstance(request, dict):
-        request = DatasetRequest.from_dict(request, "dataset")
+        request = PromptSetSettings.from_dict(request, "dataset")
     started = time.perf_counter()
     prompts, stats, source = build_prompt_set(request, tokenizer, cache_dir)
     protocol = PROTOCOLS[request.protocol]

@@ -55,7 +55,6 @@ _EXPORTS = {
     "OBJECTIVES": "multiexit.stages.train_heads.settings",
     "DataSettings": "multiexit.stages.train_heads.settings",
     "Exit": "multiexit.stages.train_heads.settings",
-    "HeadTrainingConfig": "multiexit.stages.train_heads.settings",
     "HeadTrainingSettings": "multiexit.stages.train_heads.settings",
     "parse_exits": "multiexit.stages.train_heads.settings",
     "train_settings": "multiexit.stages.train_heads.settings",

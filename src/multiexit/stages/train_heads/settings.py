@@ -196,9 +196,8 @@ def train_settings(block: dict | None, exits, key: str = "train") -> tuple[HeadT
     return training, data
 
 
-HeadTrainingConfig = HeadTrainingSettings  # the earlier name, kept for one release
 
 __all__ = [
-    "DTYPES", "DataSettings", "Exit", "HeadTrainingConfig", "HeadTrainingSettings", "INITS", "MIXED_PRECISION",
+    "DTYPES", "DataSettings", "Exit", "HeadTrainingSettings", "INITS", "MIXED_PRECISION",
     "OBJECTIVES", "SCHEDULERS", "SEPARATORS", "parse_exits", "train_settings",
 ]
