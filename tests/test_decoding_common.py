@@ -1,0 +1,188 @@
+"""The shared decoding pieces (``decoding/common.py``) against hand-written tensors, and contrastive search
+against a from-scratch rebuild (full forward passes of the plain HF model, no KV cache)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+
+from conftest import tiny_config
+from multiexit import AutoMultiExitModel
+from multiexit.decoding import common
+from multiexit.decoding.contrastive_search import contrastive_search
+from multiexit.model.config import MultiExitConfiguration
+
+INF = float("inf")
+PAD = 1
+VOCAB = 48
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# suppress_eos, presence_mask, apply_repetition_penalty: expected tensors written out by hand
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_suppress_eos_several_ids_and_ids_outside_the_vocabulary():
+    scores = torch.tensor([[0.5, 3.0, -1.0, 2.0, 0.0],
+                           [-INF, -INF, 4.0, -INF, 1.5]])
+    # ids 0 and 4 sit at the vocabulary's edges; 5 (= V) and 9 lie outside it and are ignored
+    out = common.suppress_eos(scores, torch.tensor([4, 5, 0, 9]))
+    assert out.tolist() == [[-INF, 3.0, -1.0, 2.0, -INF],
+                            [-INF, -INF, 4.0, -INF, -INF]]
+    assert scores[0, 0] == 0.5  # the input is not modified in place
+    assert common.suppress_eos(scores, None) is scores
+
+
+def test_suppress_eos_fallback_picks_the_best_non_eos_token():
+    scores = torch.tensor([[-INF, -INF, 2.0, -INF],   # only EOS (2) finite: rescued
+                           [0.25, -INF, -INF, 0.5],  # EOS 3 removed, token 0 stays: not rescued
+                           [-INF, -INF, -INF, 7.0],  # only EOS (3) finite: rescued
+                           [1.0, -INF, 5.0, -INF]])  # EOS is the argmax, another token stays: unchanged but EOS
+    fallback = torch.tensor([[-0.1, -3.0, -0.01, -2.0],  # EOS 2 is the fallback's argmax: next best is id 0
+                             [-1.0, -0.5, -2.0, -3.0],
+                             [-4.0, -0.2, -9.0, -0.1],   # EOS 3 is the argmax: next best is id 1
+                             [-1.0, -1.0, -1.0, -1.0]])
+    out = common.suppress_eos(scores, torch.tensor([2, 3]), fallback=fallback)
+    assert out.tolist() == [[0.0, -INF, -INF, -INF],
+                            [0.25, -INF, -INF, -INF],
+                            [-INF, 0.0, -INF, -INF],
+                            [1.0, -INF, -INF, -INF]]
+    # a row that was all -inf before gets the fallback's best non-EOS token too
+    out = common.suppress_eos(torch.full((1, 4), -INF), torch.tensor([0]), fallback=torch.tensor([[5.0, 1.0, 3.0, 2.0]]))
+    assert out.tolist() == [[-INF, -INF, 0.0, -INF]]
+
+
+def test_presence_mask_counts_only_valid_positions_and_clamps_pad_ids():
+    ids = torch.tensor([[0, 5, 5, 2, -7],
+                        [47, 3, 48, 100, 46]])
+    valid = torch.tensor([[1, 1, 1, 0, 0],   # id 2 is at a pad position; -7 too (clamped, never counted)
+                          [1, 0, 0, 0, 1]])  # 48 and 100 (outside the vocabulary) are pad positions
+    out = common.presence_mask(ids, valid, VOCAB)
+    expected = torch.zeros(2, VOCAB, dtype=torch.bool)
+    expected[0, [0, 5]] = True
+    expected[1, [47, 46]] = True
+    assert out.shape == (2, VOCAB) and out.dtype == torch.bool
+    assert torch.equal(out, expected)
+
+
+def test_apply_repetition_penalty_as_ctrl():
+    scores = torch.tensor([[2.0, -2.0, 0.0, 4.0, -1.0]])
+    present = torch.tensor([[True, True, True, False, False]])
+    assert common.apply_repetition_penalty(scores, present, 2.0).tolist() == [[1.0, -4.0, 0.0, 4.0, -1.0]]
+    assert common.apply_repetition_penalty(scores, present, 0.5).tolist() == [[4.0, -1.0, 0.0, 4.0, -1.0]]
+    assert common.apply_repetition_penalty(scores, present, 1.0).tolist() == scores.tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# contrastive search: the project's batched, cached loop against a per-prompt rebuild
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models():
+    """(plain HF llama, the same weights as a multi-exit model whose active output is an early exit)."""
+    torch.manual_seed(11)
+    config = tiny_config("llama", vocab_size=VOCAB, layers=2)
+    config.initializer_range = 0.3  # peaked next-token distributions: the probability term matters
+    plain = T.AutoModelForCausalLM.from_config(config).eval()
+    multi = AutoMultiExitModel.from_model(plain, MultiExitConfiguration(lm_head_layer_indices=[1])).eval()
+    multi.set_multi_exit_config(MultiExitConfiguration(use_original_head=False, output_layer_index=1))
+    return plain, multi
+
+
+def rebuild(model, prompt, steps, k, alpha, eos=(), min_new=0):
+    """SimCTG's rule, one prompt, full forward passes: argmax over the top-k of (1-a) p(v) - a max_j cos(h_v, h_j)."""
+    seq = list(prompt)
+    out = []
+    for step in range(steps):
+        with torch.no_grad():
+            run = model(input_ids=torch.tensor([seq]), output_hidden_states=True)
+        logits = run.logits[0, -1].clone()
+        if step < min_new:
+            for e in eos:
+                logits[e] = -INF
+        probs = torch.softmax(logits, dim=0)
+        order = sorted(range(len(probs)), key=lambda v: -float(probs[v]))[:k]
+        history = run.hidden_states[-1][0]  # every position so far, generated tokens included
+        best, best_score = None, None
+        for v in order:
+            with torch.no_grad():
+                h = model(input_ids=torch.tensor([seq + [v]]), output_hidden_states=True).hidden_states[-1][0, -1]
+            sims = [float(torch.dot(h, c) / (h.norm() * c.norm())) for c in history]
+            score = (1 - alpha) * float(probs[v]) - alpha * max(sims)
+            if best_score is None or score > best_score:
+                best, best_score = v, score
+        out.append(best)
+        seq.append(best)
+        if best in eos:
+            break
+    return out
+
+
+def left_padded(rows):
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def run_cs(model, rows, steps, k, alpha, eos=None, pad=PAD, min_new=0):
+    ids, mask = left_padded(rows)
+    with torch.inference_mode():
+        return contrastive_search(model, ids, mask, steps, {"top_k": k, "penalty_alpha": alpha}, eos_token_id=eos,
+                                  pad_token_id=pad, min_new_tokens=min_new)
+
+
+ROWS = [[5, 9, 17, 30], [40, 3, 22, 8, 13, 27, 6], [19, 2]]
+
+
+@pytest.mark.parametrize("k,alpha", [(2, 0.6), (3, 0.3), (4, 0.8)])
+def test_contrastive_search_equals_rebuild(models, k, alpha):
+    plain, multi = models
+    steps = 6
+    out = run_cs(multi, ROWS, steps, k, alpha)
+    assert out.shape == (len(ROWS), steps)
+    for i, row in enumerate(ROWS):
+        assert out[i].tolist() == rebuild(plain, row, steps, k, alpha), (i, k, alpha)
+
+
+def test_contrastive_search_eos_padding_early_stop_and_min_new(models):
+    plain, multi = models
+    steps, k, alpha = 7, 3, 0.6
+    free = rebuild(plain, ROWS[0], steps, k, alpha)
+    at = next(j for j in range(1, steps) if free[j] not in free[:j])  # first new token after step 0
+    eos = free[at]
+    expected = [rebuild(plain, row, steps, k, alpha, eos=[eos]) for row in ROWS]
+    width = max(map(len, expected))
+    for pad, filler in ((PAD, PAD), (None, eos)):  # no pad id: finished rows are filled with EOS
+        out = run_cs(multi, ROWS, steps, k, alpha, eos=eos, pad=pad)
+        assert out.shape == (len(ROWS), width)
+        for i, tokens in enumerate(expected):
+            assert out[i].tolist() == tokens + [filler] * (width - len(tokens)), (pad, i)
+    # one prompt that ends: the loop stops at its EOS
+    single = run_cs(multi, ROWS[:1], steps, k, alpha, eos=eos)
+    assert single.tolist() == [free[: at + 1]] and at + 1 < steps
+    # min_new_tokens = at: EOS is allowed again at step `at`, so the row still ends there
+    assert run_cs(multi, ROWS[:1], steps, k, alpha, eos=eos, min_new=at).tolist() == [free[: at + 1]]
+    later = rebuild(plain, ROWS[0], steps, k, alpha, eos=[eos], min_new=at + 1)
+    assert run_cs(multi, ROWS[:1], steps, k, alpha, eos=eos, min_new=at + 1)[0, : len(later)].tolist() == later
+    assert later[at] != eos
+
+
+def test_contrastive_search_zero_new_tokens_and_invalid_inputs(models):
+    _, multi = models
+    out = run_cs(multi, ROWS, 0, 3, 0.6)
+    assert out.shape == (3, 0) and out.dtype == torch.long
+    ids, mask = left_padded(ROWS)
+    params = {"top_k": 3, "penalty_alpha": 0.6}
+    right_padded = mask.flip(1)
+    with pytest.raises(ValueError, match="left-padded"):
+        contrastive_search(multi, ids, right_padded, 2, params, eos_token_id=None, pad_token_id=PAD)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        contrastive_search(multi, ids, mask, -1, params, eos_token_id=None, pad_token_id=PAD)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        contrastive_search(multi, ids, mask, 2, params, eos_token_id=None, pad_token_id=PAD, min_new_tokens=-1)
