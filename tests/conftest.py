@@ -235,3 +235,14 @@ def shared_tiny_local_run(tmp_path_factory) -> dict:
 def tiny_local_run(tmp_path_factory):
     """The shared local run of the tiny config, for every test that checks or compares against it."""
     return shared_tiny_local_run(tmp_path_factory)
+
+
+def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists as one left-padded batch: (input_ids filled with ``pad``, attention_mask)."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return ids, mask

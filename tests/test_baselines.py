@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import left_pad, tiny_config
 from multiexit import AutoMultiExitModel
 from multiexit.decoding.registry import derived_settings, last_run_info
 from multiexit.decoding import contrastive_decoding as cd
@@ -48,18 +48,9 @@ def prompts(lengths=(5, 8, 3), seed=0, vocab=128):
     return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
 
 
-def left_pad(rows):
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
 
 def run(model, method, params, rows, eos=None, new=NEW):
-    ids, mask = left_pad(rows)
+    ids, mask = left_pad(rows, PAD)
     seed_everything(0)
     return generate(model, parse_decoding(method, params), ids, mask, new, eos_token_id=eos, pad_token_id=PAD)
 
@@ -153,7 +144,7 @@ def test_contrastive_decoding_identical_amateur_ties_resolve_to_expert_greedy(ex
     rows = prompts((6, 4, 9), seed=4)
     params = {"amateur": expert_dir, "amateur_context": "full", "amateur_temperature": 1.0, "alpha": 0.01}
     # every plausible token scores exactly 0 (a tie); the tie goes to the expert's most probable token
-    ids, mask = left_pad(rows)
+    ids, mask = left_pad(rows, PAD)
     logits = expert(input_ids=ids, attention_mask=mask).logits[:, -1].detach()
     score, expert_logprobs = cd.contrastive_scores(logits, logits.clone(), 0.01, 1.0)
     finite = torch.isfinite(score)
@@ -407,7 +398,7 @@ def tiny_pair(request, tmp_path_factory):
 
 
 def project_dola(model, rows, steps, params, eos=None, min_new=0):
-    ids, mask = left_pad(rows)
+    ids, mask = left_pad(rows, PAD)
     setting = parse_decoding("dola", params)
     with torch.inference_mode():
         out = dola.dola(model, ids, mask, steps, dict(setting.params), eos_token_id=eos, pad_token_id=PAD,
@@ -556,7 +547,7 @@ def smollm2_amateur_dir(smollm2_dir, tmp_path_factory):
 def test_contrastive_search_equals_rebuild_on_smollm2(smollm2_pair):
     model, reference, rows = smollm2_pair
     rows, steps = rows[:2], 12
-    ids, mask = left_pad(rows)
+    ids, mask = left_pad(rows, PAD)
     out = generate(model, parse_decoding("contrastive_search", {"top_k": 5, "penalty_alpha": 0.6}), ids, mask, steps,
                    eos_token_id=None, pad_token_id=PAD)
     changed = 0
@@ -573,7 +564,7 @@ def test_contrastive_decoding_equals_rebuild_on_smollm2(smollm2_pair, smollm2_am
     model, reference, rows = smollm2_pair
     amateur = plain_hf(smollm2_amateur_dir)
     rows, steps = rows[:2], 12
-    ids, mask = left_pad(rows)
+    ids, mask = left_pad(rows, PAD)
     changed = {"temperature_ignored": 0, "context_ignored": 0}
     for context in ("last_token", "full"):
         params = {"amateur": smollm2_amateur_dir, "alpha": 0.1, "amateur_temperature": 0.5, "amateur_context": context}
@@ -602,7 +593,7 @@ def expert_reference(expert_dir):
 
 
 def run_min_new(model, method, params, rows, eos, min_new):
-    ids, mask = left_pad(rows)
+    ids, mask = left_pad(rows, PAD)
     setting = parse_decoding(method, params)
     function = {"dola": dola.dola, "contrastive_search": cs.contrastive_search,
                 "contrastive_decoding": cd.contrastive_decoding}[method]

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import tiny_config
+from conftest import left_pad, tiny_config
 from multiexit import AutoMultiExitModel
 from multiexit.decoding import contrastive_decoding as cd
 
@@ -54,19 +54,10 @@ def plain(pair):
 PROMPTS = [[5, 17, 99, 42, 7], [64, 3, 120]]
 
 
-def left_pad(rows):
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
 
 def project(pair, rows, new, eos=None, min_new=0, beams=BEAMS):
     expert, _, amateur_dir = pair
-    ids, mask = left_pad(rows)
+    ids, mask = left_pad(rows, PAD)
     params = {"amateur": amateur_dir, "alpha": ALPHA, "amateur_temperature": TEMPERATURE,
               "amateur_context": "last_token", "num_beams": beams}
     with torch.no_grad():

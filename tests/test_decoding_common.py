@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers as T
 
-from conftest import tiny_config
+from conftest import left_pad, tiny_config
 from multiexit import AutoMultiExitModel
 from multiexit.decoding import common
 from multiexit.decoding.contrastive_search import contrastive_search
@@ -120,18 +120,9 @@ def rebuild(model, prompt, steps, k, alpha, eos=(), min_new=0):
     return out
 
 
-def left_padded(rows):
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
 
 def run_cs(model, rows, steps, k, alpha, eos=None, pad=PAD, min_new=0):
-    ids, mask = left_padded(rows)
+    ids, mask = left_pad(rows, PAD)
     with torch.inference_mode():
         return contrastive_search(model, ids, mask, steps, {"top_k": k, "penalty_alpha": alpha}, eos_token_id=eos,
                                   pad_token_id=pad, min_new_tokens=min_new)
@@ -177,7 +168,7 @@ def test_contrastive_search_zero_new_tokens_and_invalid_inputs(models):
     _, multi = models
     out = run_cs(multi, ROWS, 0, 3, 0.6)
     assert out.shape == (3, 0) and out.dtype == torch.long
-    ids, mask = left_padded(ROWS)
+    ids, mask = left_pad(ROWS, PAD)
     params = {"top_k": 3, "penalty_alpha": 0.6}
     right_padded = mask.flip(1)
     with pytest.raises(ValueError, match="left-padded"):
