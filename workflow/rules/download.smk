@@ -19,10 +19,10 @@ rule download:
         ENV
     params:
         script=f"{SCRIPTS}/download.py",
-        items=PLAN.download_spec(),
+        fetches=PLAN.download_spec(),
         hf_cache=(
             f"--hf-cache {shlex.quote(str(PLAN.hf_cache))}" if PLAN.hf_cache else ""
         ),
     shell:
-        "python {params.script} --items-json {params.items:q} {params.hf_cache}"
+        "python {params.script} --items-json {params.fetches:q} {params.hf_cache}"
         " --output {output.report:q} > {log:q} 2>&1"
