@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from transformers import AutoModelForCausalLM
 
 from conftest import tiny_config
 from multiexit import AutoMultiExitModel, MultiExitConfiguration
@@ -181,6 +182,9 @@ BAD = [
     ("acd", {"lower": 8, "search": "beam"}, "top_p", None, "params.search", "not both"),
     ("acd", {"lower": 8, "search": 3}, None, None, "params.search", "expected a search name"),
     ("nucleus", {}, None, None, "method", "unknown decoding method 'nucleus'"),
+    # the projection mode is checked with the rest of the model configuration at parse (plan) time
+    ("exit", {"layer": 3, "vocab_projection_mode": "bogus"}, None, None, "params", "unknown mode 'bogus'"),
+    ("acd", {"lower": 2, "vocab_projection_mode": "bogus"}, None, None, "params", "unknown mode 'bogus'"),
 ]
 
 
@@ -393,6 +397,41 @@ def test_min_new_tokens_holds_eos_back(model):
     assert (held[:, :4] != eos).all()
     # the hand-written loops (DoLa, contrastive search, contrastive decoding) hold EOS back too: each is
     # checked against its rebuild in tests/test_baselines.py (test_min_new_tokens)
+
+
+def _plain_greedy(plain, row, steps, hole=None):
+    """Greedy continuation of one prompt by a plain HF model, full forward passes; every token is attended to
+    except position ``hole``."""
+    seq = list(row)
+    for _ in range(steps):
+        mask = torch.ones(1, len(seq), dtype=torch.long)
+        if hole is not None:
+            mask[0, hole] = 0
+        with torch.no_grad():
+            seq.append(int(plain(input_ids=torch.tensor([seq]), attention_mask=mask).logits[0, -1].argmax()))
+    return seq[len(row):]
+
+
+def test_hf_methods_hand_generate_our_mask_and_pad_id():
+    torch.manual_seed(0)
+    model = AutoMultiExitModel.from_config(tiny_config("llama", vocab_size=VOCAB, layers=6)).eval()
+    with torch.no_grad():  # sharper distributions than the default init, so that one masked token changes the output
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.mul_(6.0)
+    plain = AutoModelForCausalLM.from_config(model.config).eval()  # the same weights without the multi-exit code
+    plain.load_state_dict(model.state_dict(), strict=False)
+    # the pad id inside a prompt is a real token when our mask says so (HF alone would infer a hole from it)
+    ids, mask = _prompt(length=7, rows=1, seed=4)
+    ids[0, 3] = PAD
+    expected = _plain_greedy(plain, ids[0].tolist(), 6)
+    assert expected != _plain_greedy(plain, ids[0].tolist(), 6, hole=3)  # the prompt tells the two apart
+    assert _run(model, parse_decoding("original"), ids, mask)[0].tolist() == expected
+    # a finished row is filled with the pad id we pass, not the model's own (generation_config.pad_token_id is 0)
+    ids, mask = _prompt(length=7, rows=2, seed=5)
+    eos = _plain_greedy(plain, ids[0].tolist(), 1)[0]
+    out = generate(model, parse_decoding("original"), ids, mask, 4, eos_token_id=eos, pad_token_id=5)
+    assert out[0].tolist() == [eos, 5, 5, 5], out
 
 
 # ------------------------------------------------------------------------------------ the pipeline
