@@ -27,6 +27,27 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # the subprocesses tests
 torch.set_num_threads(THREADS)
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the SLURM file handed out first (then the largest files first, as xdist does).
+
+    The SLURM test mostly waits on the controller while its jobs run, and starts the shared local run beside
+    its own; begun first, that waiting overlaps the CPU-bound files on the other workers instead of being the
+    suite's tail.
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SlurmFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node):
+            first = next((scope for scope in self.workqueue if scope.endswith("test_slurm.py")), None)
+            if first is not None:
+                self.workqueue.move_to_end(first, last=False)
+            super()._assign_work_unit(node)
+
+    return SlurmFirst(config, log)
+
+
 def tiny_config(family: str, vocab_size: int = 128, layers: int = 4):
     """A tiny random config of an architecture family (hidden 32)."""
     import transformers as T
