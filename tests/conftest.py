@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))  # the subprocesses tests
 torch.set_num_threads(THREADS)
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: harmless where xdist is not loaded (-p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile`` with the SLURM file handed out first (then the largest files first, as xdist does).
 
