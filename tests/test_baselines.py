@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import left_pad, tiny_config
+from conftest import left_pad, sharpen, tiny_config
 from multiexit import AutoMultiExitModel
 from multiexit.decoding.registry import derived_settings, last_run_info
 from multiexit.decoding import contrastive_decoding as cd
@@ -383,11 +383,7 @@ def tiny_folder(tmp_path_factory, name, tied, layers=12, seed=7):
     cfg = tiny_config("llama", layers=layers)
     cfg.tie_word_embeddings = tied
     torch.manual_seed(seed)
-    model = AutoMultiExitModel.from_config(cfg).eval()
-    with torch.no_grad():  # larger weights than the default init: sharper, more varied distributions
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.mul_(6.0)
+    model = sharpen(AutoMultiExitModel.from_config(cfg).eval())
     return saved(model, tmp_path_factory.mktemp(name))
 
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config
+from conftest import sharpen, tiny_config
 from multiexit import AutoMultiExitModel, MultiExitConfiguration
 from multiexit.decoding import (
     METHODS,
@@ -414,11 +414,8 @@ def _plain_greedy(plain, row, steps, hole=None):
 
 def test_hf_methods_hand_generate_our_mask_and_pad_id():
     torch.manual_seed(0)
-    model = AutoMultiExitModel.from_config(tiny_config("llama", vocab_size=VOCAB, layers=6)).eval()
-    with torch.no_grad():  # sharper distributions than the default init, so that one masked token changes the output
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.mul_(6.0)
+    # sharper distributions than the default init, so that one masked token changes the output
+    model = sharpen(AutoMultiExitModel.from_config(tiny_config("llama", vocab_size=VOCAB, layers=6)).eval())
     plain = AutoModelForCausalLM.from_config(model.config).eval()  # the same weights without the multi-exit code
     plain.load_state_dict(model.state_dict(), strict=False)
     # the pad id inside a prompt is a real token when our mask says so (HF alone would infer a hole from it)
