@@ -284,11 +284,13 @@ def test_truncated_amateur_shares_the_tokenizer(expert_dir, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Independent rebuilds of the reference math (HF transformers 4.4x DoLa, Su et al.'s contrastive search, Li et al.'s
-# contrastive decoding): one sequence at a time, no KV cache, every step a full forward of a plain HF model.
+# contrastive decoding): one sequence at a time through a plain HF model, with HF's own KV cache as HF's generate
+# uses it (``Prefix``); the next-token choice is written out by hand from the references.
 # The bug variants (``bug=...``) are the planted bugs of issue 13: each rebuild returns, next to its own token,
 # the token a buggy implementation would pick on the same prefix, so a test can show the bug changes a step.
 # ---------------------------------------------------------------------------------------------------------------
 
+import copy
 import math
 from pathlib import Path
 
@@ -302,10 +304,34 @@ def plain_hf(folder):
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
 
 
-def ref_forward(model, seq):
-    with torch.no_grad():
-        out = model(input_ids=torch.tensor([seq]), output_hidden_states=True)
-    return out.logits[0, -1].float(), [h[0, -1] for h in out.hidden_states]
+class Prefix:
+    """One sequence in a plain HF model with HF's own KV cache: ``push`` tokens, ``forward`` reads the last position.
+
+    ``finals`` keeps the final-layer hidden state of every position fed so far (prompt and generated tokens)."""
+
+    def __init__(self, model, tokens):
+        self.model, self.cache, self.pending, self.finals = model, None, list(tokens), []
+
+    def push(self, token):
+        self.pending.append(int(token))
+
+    def forward(self):
+        with torch.no_grad():
+            out = self.model(input_ids=torch.tensor([self.pending]), cache=self.cache, use_cache=True,
+                             output_hidden_states=True)
+        self.cache, self.pending = out.cache, []
+        self.finals.append(out.hidden_states[-1][0])
+        return out.logits[0, -1].float(), [h[0, -1] for h in out.hidden_states]
+
+    def final_hidden_after(self, tokens):
+        """The final-layer hidden state one token further on, for each of ``tokens`` (one row each), leaving this
+        prefix as it is."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(len(tokens))
+        with torch.no_grad():
+            out = self.model(input_ids=torch.tensor(tokens).view(-1, 1), cache=cache, use_cache=True,
+                             output_hidden_states=True)
+        return out.hidden_states[-1][:, -1]
 
 
 def ref_penalise(scores, seen, penalty):
@@ -318,12 +344,11 @@ def ref_penalise(scores, seen, penalty):
 def ref_layer_logprobs(model, hiddens, layers, norm_early):
     """log_softmax(lm_head(h_l)) per candidate layer (HF: the bare head); ``norm_early``: the final norm first."""
     head = model.get_output_embeddings()
-    result = {}
     with torch.no_grad():
-        for layer in layers:
-            hidden = model.model.norm(hiddens[layer]) if norm_early else hiddens[layer]
-            result[layer] = torch.log_softmax(head(hidden).float(), -1)
-    return result
+        hidden = torch.stack([hiddens[layer] for layer in layers])  # one row per layer: the head reads its weight once
+        hidden = model.model.norm(hidden) if norm_early else hidden
+        logprobs = torch.log_softmax(head(hidden).float(), -1)
+    return dict(zip(layers, logprobs))
 
 
 def ref_dola_decide(final_logits, layer_logprobs, seq, relative_top, penalty, eos=None, ban_eos=False):
@@ -352,8 +377,9 @@ def ref_dola(model, prompt, steps, layers, relative_top=0.1, penalty=1.2, final_
     """Greedy DoLa for one prompt; returns tokens, chosen layers and, per planted bug, the steps it changes."""
     seq, tokens, chosen = list(prompt), [], []
     changed = {"no_penalty": [], "final_norm_inverted": []}
+    prefix = Prefix(model, prompt)
     for step in range(steps):
-        final_logits, hiddens = ref_forward(model, seq)
+        final_logits, hiddens = prefix.forward()
         right = ref_layer_logprobs(model, hiddens, sorted(layers), final_norm)
         inverted = ref_layer_logprobs(model, hiddens, sorted(layers), not final_norm)
         ban = eos is not None and step < min_new
@@ -365,6 +391,7 @@ def ref_dola(model, prompt, steps, layers, relative_top=0.1, penalty=1.2, final_
         tokens.append(token)
         chosen.append(layer)
         seq.append(token)
+        prefix.push(token)
         if token == eos:
             break
     return tokens, chosen, changed
@@ -471,18 +498,15 @@ def test_dola_equals_rebuild_on_smollm2(smollm2_pair, bucket):
 
 def ref_contrastive_search(model, prompt, steps, k, alpha, eos=None, min_new=0):
     """Contrastive search for one prompt (Su et al. 2022); also the steps a prompt-only similarity context changes."""
-    seq, tokens, changed = list(prompt), [], []
+    tokens, changed = [], []
+    prefix = Prefix(model, prompt)
     for step in range(steps):
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor([seq]), output_hidden_states=True)
-        logits = out.logits[0, -1].float()
+        logits = prefix.forward()[0]
         if eos is not None and step < min_new:
             logits[eos] = float("-inf")
         top_p, top_v = torch.softmax(logits, -1).topk(k)
-        context = out.hidden_states[-1][0]  # final hidden state of every position so far (prompt + generated)
-        with torch.no_grad():
-            candidates = model(input_ids=torch.tensor([seq + [int(v)] for v in top_v]),
-                               output_hidden_states=True).hidden_states[-1][:, -1]
+        context = torch.cat(prefix.finals)  # final hidden state of every position so far (prompt + generated)
+        candidates = prefix.final_hidden_after(top_v.tolist())
 
         def pick(ctx):
             cos = (candidates @ ctx.T) / (candidates.norm(dim=-1)[:, None] * ctx.norm(dim=-1)[None, :])
@@ -493,7 +517,7 @@ def ref_contrastive_search(model, prompt, steps, k, alpha, eos=None, min_new=0):
         if pick(context[: len(prompt)]) != token:
             changed.append(step)
         tokens.append(token)
-        seq.append(token)
+        prefix.push(token)
         if token == eos:
             break
     return tokens, changed
@@ -501,17 +525,15 @@ def ref_contrastive_search(model, prompt, steps, k, alpha, eos=None, min_new=0):
 
 def ref_contrastive_decoding(expert, amateur, prompt, steps, alpha, temperature, context="last_token", eos=None, min_new=0):
     """Greedy CD for one prompt (Li et al. 2023); also the steps that ignoring the temperature / the context change."""
-    seq, tokens = list(prompt), []
+    tokens = []
     changed = {"temperature_ignored": [], "context_ignored": []}
-
-    def last_logits(model, ids):
-        with torch.no_grad():
-            return model(input_ids=torch.tensor([ids])).logits[0, -1].float()
-
+    # the amateur reads the whole sequence ("full") or only what follows the prompt's last token ("last_token")
+    runs = {"expert": Prefix(expert, prompt), "full": Prefix(amateur, prompt), "last_token": Prefix(amateur, prompt[-1:])}
     other_context = "full" if context == "last_token" else "last_token"
     for step in range(steps):
-        expert_lp = torch.log_softmax(last_logits(expert, seq), -1)
-        amateur_logits = {"full": last_logits(amateur, seq), "last_token": last_logits(amateur, seq[len(prompt) - 1:])}
+        logits = {name: run.forward()[0] for name, run in runs.items()}
+        expert_lp = torch.log_softmax(logits.pop("expert"), -1)
+        amateur_logits = logits
 
         def pick(amateur_context, temp):
             amateur_lp = torch.log_softmax(amateur_logits[amateur_context] / temp, -1)
@@ -528,7 +550,8 @@ def ref_contrastive_decoding(expert, amateur, prompt, steps, alpha, temperature,
         if pick(other_context, temperature) != token:
             changed["context_ignored"].append(step)
         tokens.append(token)
-        seq.append(token)
+        for run in runs.values():
+            run.push(token)
         if token == eos:
             break
     return tokens, changed
