@@ -154,6 +154,23 @@ def test_demo_plan_loads_no_script(monkeypatch):
     assert not [m for m in set(sys.modules) - before if m.startswith("_pipeline_check")]
 
 
+def test_building_a_plan_imports_neither_torch_nor_transformers():
+    """The Snakefile builds the plan in every Snakemake process (twice in every SLURM job): torch and transformers
+    (3.3 s of the tiny config's 3.65 s Snakefile here) load on first use, not for the plan's checks."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from multiexit.pipeline import build_plan, load_config_files\n"
+        f"for path in {[str(TINY), str(DEMO), str(REPO / 'config' / 'paper.yaml')]!r}:\n"
+        f"    build_plan(load_config_files(path), {str(SCHEMA)!r})\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_lm_eval_pairs_per_model_and_symbolic_layers():
     config = _tiny()
     config["lm_eval"]["acd"] = {"smollm2": [["original", "middle"], ["top", 6]]}

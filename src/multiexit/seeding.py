@@ -5,7 +5,11 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import torch
+
+from multiexit._lazy import LazyModule
+
+# torch is imported on first use: the plan imports this module (multiexit._lazy)
+torch = LazyModule("torch")
 
 
 def seed_everything(seed: int) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import types
 import typing
 from typing import Any, Callable
@@ -273,8 +274,11 @@ class Settings:
 
 
 def check_device(value: str) -> None:
-    """``auto`` or a device string torch can parse (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...)."""
-    if value == "auto":
+    """``auto`` or a device string torch can parse (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...).
+
+    ``cpu`` and ``cuda[:N]`` (N without leading zeros, at most 4 digits), which torch always parses, pass
+    without importing torch (2 s): the plan checks every stage's device in every Snakemake process."""
+    if value == "auto" or re.fullmatch(r"cpu|cuda(:(0|[1-9][0-9]{0,3}))?", value):
         return
     import torch
 

@@ -18,10 +18,11 @@ import functools
 import inspect
 from typing import Iterable
 
-import torch
-from transformers import DynamicCache
-
+from multiexit._lazy import LazyModule
 from multiexit.model.config import MultiExitConfiguration
+
+# torch is imported on first use: the plan imports this module (multiexit._lazy)
+torch = LazyModule("torch")
 
 
 @contextlib.contextmanager
@@ -63,6 +64,8 @@ class CachedBatch:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         self.mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
+        from transformers import DynamicCache
+
         self.cache = DynamicCache(config=model.config)
         self._positions = _accepts_position_ids(type(model))
         self._prompt_ids = input_ids

@@ -27,8 +27,7 @@ import math
 import os
 from pathlib import Path
 
-import torch
-
+from multiexit._lazy import LazyModule
 from multiexit.io import atomic_directory
 from multiexit.decoding.registry import DecodingMethod, all_checks, check_range, register_method
 from multiexit.inputs.models import PACKAGE_PREFIX, PACKAGED_MODELS, resolve_model_source
@@ -42,6 +41,9 @@ from multiexit.decoding.common import (
     stack_new_tokens,
     suppress_eos,
 )
+
+# torch is imported on first use: the plan imports this module (multiexit._lazy)
+torch = LazyModule("torch")
 
 DEFAULTS = {"alpha": 0.1, "amateur_temperature": 0.5, "amateur_context": "last_token", "num_beams": 1}
 AMATEUR_CONTEXTS = ("full", "last_token")

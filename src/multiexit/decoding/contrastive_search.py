@@ -15,9 +15,7 @@ generated, EOS gets probability 0 before the top-k (HF's logits processors act t
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
+from multiexit._lazy import LazyModule
 from multiexit.decoding.registry import DecodingMethod, all_checks, check_range, register_method
 from multiexit.decoding.common import (
     CachedBatch,
@@ -29,6 +27,10 @@ from multiexit.decoding.common import (
     stack_new_tokens,
     suppress_eos,
 )
+
+# torch is imported on first use: the plan imports this module (multiexit._lazy)
+torch = LazyModule("torch")
+F = LazyModule("torch.nn.functional")
 
 DEFAULTS = {"top_k": 5, "penalty_alpha": 0.6}
 

@@ -36,8 +36,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-import torch
-
+from multiexit._lazy import LazyModule
 from multiexit.decoding.registry import DecodingMethod, check_range, register_method
 from multiexit.decoding.common import (
     CachedBatch,
@@ -51,6 +50,9 @@ from multiexit.decoding.common import (
     stack_new_tokens,
     suppress_eos,
 )
+
+# torch is imported on first use: the plan imports this module (multiexit._lazy)
+torch = LazyModule("torch")
 
 DEFAULTS = {"layers": "high", "relative_top": 0.1, "repetition_penalty": 1.2, "final_norm": False}
 

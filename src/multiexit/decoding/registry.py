@@ -31,13 +31,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
-
+from multiexit._lazy import LazyModule
 from multiexit.decoding.common import multi_exit_output
 from multiexit.model.config import MultiExitConfiguration
 from multiexit.seeding import seed_everything  # re-exported: callers seed before each call
 
-GenerateFn = Callable[..., torch.Tensor]
+# torch is imported on first use: the plan imports this module (multiexit._lazy)
+torch = LazyModule("torch")
+
+GenerateFn = Callable[..., "torch.Tensor"]
 
 SEARCH_KEY = "search"  # the params entry that carries a non-default search (see DecodingSetting.wire_params)
 LABEL_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")

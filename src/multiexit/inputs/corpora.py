@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import torch
-
+from multiexit._lazy import LazyModule
 from multiexit.io import iter_jsonl
+
+# torch is imported on first use: the plan imports this module (multiexit._lazy)
+torch = LazyModule("torch")
 
 CC100_URL = "https://data.statmt.org/cc-100/{lang}.txt.xz"
 LOCAL_SUFFIXES = (".txt", ".cor", ".jsonl", ".text")

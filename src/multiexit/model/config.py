@@ -7,9 +7,11 @@ import functools
 from dataclasses import dataclass, fields
 from typing import Callable, Sequence
 
-import torch
-
+from multiexit._lazy import LazyModule
 from multiexit.model.contrast import calculate_contrasted_logits, check_contrast_parameters
+
+# torch is imported on first use: the plan imports this module (multiexit._lazy)
+torch = LazyModule("torch")
 
 ORIGINAL = "original"
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import math
 
-import torch
+from multiexit._lazy import LazyModule
+
+# torch is imported on first use: the plan imports this module (multiexit._lazy)
+torch = LazyModule("torch")
+
 
 # Floor used in place of -inf log-probabilities when differences are taken; keeps
 # (upper - lower) finite for every pair of inputs.
-_LOG_FLOOR = torch.finfo(torch.float32).min / 4
+_LOG_FLOOR = -3.4028234663852886e38 / 4  # torch.finfo(torch.float32).min / 4
 
 
 def check_contrast_parameters(alpha: float, minimum_candidates: int) -> None:

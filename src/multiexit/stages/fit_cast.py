@@ -16,11 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import torch
-from torch import nn
-
+from multiexit._lazy import LazyModule
 from multiexit.model.config import ORIGINAL, VocabularyProjectionMode
 from multiexit.settings import Settings, check_device, setting
+
+# torch is imported on first use: the plan imports this module (multiexit._lazy)
+torch = LazyModule("torch")
+nn = LazyModule("torch.nn")
 
 
 @dataclass
@@ -100,7 +102,6 @@ class CastFitResult:
     metrics: dict = field(default_factory=dict)
 
 
-@torch.no_grad()
 def fit_cast_matrices(
     model,
     chunks: torch.Tensor,
@@ -118,66 +119,67 @@ def fit_cast_matrices(
     ``num_positions`` positions are used for the fit and ``heldout_positions`` other ones for the
     held-out R^2 (the same positions for every layer).
     """
-    from tqdm.auto import tqdm
+    with torch.no_grad():  # (not a decorator: torch is imported on first use)
+        from tqdm.auto import tqdm
 
-    top = model.num_exit_layers
-    layers = sorted(set(int(l) for l in layers))
-    bad = [l for l in layers if not 1 <= l < top]
-    if bad:
-        raise ValueError(f"layers: cast layers must be in 1..{top - 1} (the top layer needs no cast), got {bad}")
-    if num_positions < 1 or heldout_positions < 0:
-        raise ValueError(f"num_positions / heldout_positions: need >= 1 / >= 0, got {num_positions} / {heldout_positions}")
-    n, seq_len = chunks.shape
-    picked = sample_positions(n, seq_len, num_positions + heldout_positions, seed, skip_first)
-    # the first num_positions of a seeded shuffle of all picked pairs fit, the rest are held out
-    pairs = [(c, int(p)) for c, ps in picked.items() for p in ps]
-    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed + 1)).tolist()
-    heldout_set = {pairs[i] for i in order[num_positions:]}
+        top = model.num_exit_layers
+        layers = sorted(set(int(l) for l in layers))
+        bad = [l for l in layers if not 1 <= l < top]
+        if bad:
+            raise ValueError(f"layers: cast layers must be in 1..{top - 1} (the top layer needs no cast), got {bad}")
+        if num_positions < 1 or heldout_positions < 0:
+            raise ValueError(f"num_positions / heldout_positions: need >= 1 / >= 0, got {num_positions} / {heldout_positions}")
+        n, seq_len = chunks.shape
+        picked = sample_positions(n, seq_len, num_positions + heldout_positions, seed, skip_first)
+        # the first num_positions of a seeded shuffle of all picked pairs fit, the rest are held out
+        pairs = [(c, int(p)) for c, ps in picked.items() for p in ps]
+        order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+        heldout_set = {pairs[i] for i in order[num_positions:]}
 
-    hidden = model.config.get_text_config().hidden_size
-    fit = {l: LinearFitStats(hidden, hidden) for l in layers}
-    held = {l: LinearFitStats(hidden, hidden) for l in layers}
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    chunk_ids = list(picked)
-    for start in tqdm(range(0, len(chunk_ids), batch_size), desc="cast: collect states", disable=not progress):
-        ids = chunk_ids[start:start + batch_size]
-        input_ids = chunks[ids].to(device)
-        _, states = model.exit_states([*layers, ORIGINAL], input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                      use_cache=False)
-        top_state = states[ORIGINAL].float()
-        rows, cols, is_held = [], [], []
-        for row, c in enumerate(ids):
-            for p in picked[c].tolist():
-                rows.append(row)
-                cols.append(p)
-                is_held.append((c, p) in heldout_set)
-        rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
-        held_mask = torch.tensor(is_held)
-        y = top_state[rows_t, cols_t]
+        hidden = model.config.get_text_config().hidden_size
+        fit = {l: LinearFitStats(hidden, hidden) for l in layers}
+        held = {l: LinearFitStats(hidden, hidden) for l in layers}
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        chunk_ids = list(picked)
+        for start in tqdm(range(0, len(chunk_ids), batch_size), desc="cast: collect states", disable=not progress):
+            ids = chunk_ids[start:start + batch_size]
+            input_ids = chunks[ids].to(device)
+            _, states = model.exit_states([*layers, ORIGINAL], input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                          use_cache=False)
+            top_state = states[ORIGINAL].float()
+            rows, cols, is_held = [], [], []
+            for row, c in enumerate(ids):
+                for p in picked[c].tolist():
+                    rows.append(row)
+                    cols.append(p)
+                    is_held.append((c, p) in heldout_set)
+            rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+            held_mask = torch.tensor(is_held)
+            y = top_state[rows_t, cols_t]
+            for layer in layers:
+                x = states[layer].float()[rows_t, cols_t]
+                fit[layer].update(x[~held_mask], y[~held_mask])
+                if held_mask.any():
+                    held[layer].update(x[held_mask], y[held_mask])
+        model.train(was_training)
+
+        weights, per_layer = {}, {}
+        identity = torch.eye(hidden, dtype=torch.float64)
         for layer in layers:
-            x = states[layer].float()[rows_t, cols_t]
-            fit[layer].update(x[~held_mask], y[~held_mask])
-            if held_mask.any():
-                held[layer].update(x[held_mask], y[held_mask])
-    model.train(was_training)
-
-    weights, per_layer = {}, {}
-    identity = torch.eye(hidden, dtype=torch.float64)
-    for layer in layers:
-        b = fit[layer].solve(ridge)
-        weights[layer] = b.T.contiguous().float()
-        per_layer[str(layer)] = {
-            "r2_fit": fit[layer].r2(b),
-            "r2_heldout": held[layer].r2(b) if held[layer].count else None,
-            "r2_identity_heldout": held[layer].r2(identity) if held[layer].count else None,
-            "positions_fit": fit[layer].count,
-            "positions_heldout": held[layer].count,
-        }
-    metrics = {"layers": per_layer, "num_positions": num_positions, "heldout_positions": heldout_positions,
-               "seed": seed, "ridge": ridge, "skip_first": skip_first, "top_layer": top}
-    return CastFitResult(weights=weights, metrics=metrics)
+            b = fit[layer].solve(ridge)
+            weights[layer] = b.T.contiguous().float()
+            per_layer[str(layer)] = {
+                "r2_fit": fit[layer].r2(b),
+                "r2_heldout": held[layer].r2(b) if held[layer].count else None,
+                "r2_identity_heldout": held[layer].r2(identity) if held[layer].count else None,
+                "positions_fit": fit[layer].count,
+                "positions_heldout": held[layer].count,
+            }
+        metrics = {"layers": per_layer, "num_positions": num_positions, "heldout_positions": heldout_positions,
+                   "seed": seed, "ridge": ridge, "skip_first": skip_first, "top_layer": top}
+        return CastFitResult(weights=weights, metrics=metrics)
 
 
 def add_cast_matrices(model, weights: dict[int, torch.Tensor]) -> None:

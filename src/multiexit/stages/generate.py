@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
+
+from multiexit._lazy import LazyModule
 
 import multiexit.decoding.registry as decoding
 from multiexit.io import atomic_write_text, read_jsonl
@@ -44,6 +45,9 @@ from multiexit.inputs.prompts import PromptSetSettings, Prompt, load_prompts
 from multiexit.decoding.registry import DecodingSetting, derived_settings, parse_decoding
 from multiexit.seeding import seed_everything
 from multiexit.settings import Settings, check_device, setting
+
+# torch is imported on first use: the plan imports this module (multiexit._lazy)
+torch = LazyModule("torch")
 
 ROW_FIELDS = ("id", "prompt", "reference", "generation", "n_new_tokens", "stop_reason")
 
@@ -230,7 +234,8 @@ def _generate_batch(model, setting, input_ids, attention_mask, max_new_tokens, e
 
 
 # torch >= 2.5 names it torch.OutOfMemoryError; torch.cuda.OutOfMemoryError is the same class there
-OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError)
+def out_of_memory_errors() -> tuple[type, ...]:
+    return getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -260,7 +265,7 @@ def generate_splitting(model, setting, input_ids, attention_mask, max_new_tokens
     state = _rng_state(device)
     try:
         return _generate_batch(model, setting, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, min_new_tokens)
-    except OUT_OF_MEMORY:
+    except out_of_memory_errors():
         rows = input_ids.shape[0]
         if rows == 1:
             raise
