@@ -445,6 +445,37 @@ def test_dola_buckets_as_hf():
     with pytest.raises(ValueError, match="empty"):
         dola.candidate_layers("low", 3, tied_embeddings=True)  # range(2, 1, 2)
     assert dola.candidate_layers([0, 3], 6, tied_embeddings=True) == [0, 3]  # an explicit list is taken as given
+    assert dola.candidate_layers("low", 1, tied_embeddings=True) == [0]  # N < 2: HF starts at 0
+    assert [dola.first_candidate_layer(n, True) for n in (1, 2, 3)] == [0, 1, 2]
+
+
+def test_dola_layer_lists_as_text_and_their_errors():
+    # the forms a config or a CLI gives: brackets or parentheses, ',' or ';', spaces; sorted
+    for text in ("[4, 2]", "(2;4)", " 4,2 ", "[2;4]"):
+        assert dola.candidate_layers(text, 6) == [2, 4], text
+    with pytest.raises(ValueError, match=r"outside 0\.\.5"):
+        dola.candidate_layers("-1, 2", 6)  # a negative index is read as one, then refused
+    with pytest.raises(ValueError, match=r"negative layer indices \[-1\]"):
+        parse_decoding("dola", {"layers": "-1;2"})
+    for spec, message in [(3.5, "expected 'low', 'high' or a list of layer indices, got 3.5"),
+                          ([True, 2], "expected layer indices, got True"),
+                          ("[2, x]", "expected 'low', 'high' or a list of layer indices, got '\\[2, x\\]'"),
+                          ("X2, 4", "got 'X2, 4'"),  # a stray letter at either end is not stripped away
+                          ("[2, 4X]", "got '\\[2, 4X\\]'"),
+                          ("[]", "the candidate list is empty"),
+                          ([2, 2], "duplicate layers")]:
+        with pytest.raises(ValueError, match=message):
+            dola.candidate_layers(spec, 6)
+
+
+def test_dola_counts_layer_0_and_reports_final_norm():
+    """Layer 0 (the embeddings' output) is a candidate like any other: its choices are counted."""
+    model = tiny_model("llama", seed=0)
+    setting = parse_decoding("dola", {"layers": [0], "final_norm": True})
+    assert derived_settings(model, setting)["early_layers_final_norm"] is True
+    rows = prompts((4, 6))
+    out = run(model, "dola", {"layers": [0]}, rows)
+    assert last_run_info(parse_decoding("dola", {"layers": [0]}))["premature_layer_counts"] == {0: out.numel()}
 
 
 @pytest.mark.parametrize("bucket", ["low", "high", "all"])
