@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -205,6 +206,31 @@ def test_dola_scores_follow_the_rule():
     assert torch.allclose(scores[keep], (lf - lp)[keep]) and bool(torch.isinf(scores[~keep]).all())
 
 
+def test_dola_divergence_values_by_hand():
+    """0.5 * (KL(M || q_N) + KL(M || q_j)) averaged over the vocabulary, M = (q_N + q_j) / 2, written out with
+    Python floats; a token impossible under both (M = 0) adds nothing."""
+    q_final = [0.5, 0.3, 0.2, 0.0]
+    q_layers = [[0.1, 0.1, 0.8, 0.0], [0.4, 0.4, 0.2, 0.0]]
+    expected = []
+    for q_j in q_layers:
+        m = [(a + b) / 2 for a, b in zip(q_final, q_j)]
+        kl = lambda q: sum(mi * (math.log(mi) - math.log(qi)) for mi, qi in zip(m, q) if mi > 0) / len(m)
+        expected.append(0.5 * (kl(q_final) + kl(q_j)))
+    log = lambda rows: torch.tensor(rows, dtype=torch.float64).log()
+    got = dola.divergence(log([q_final]), log([q_layers]))
+    assert got.shape == (1, 2) and torch.allclose(got[0], torch.tensor(expected, dtype=torch.float64), rtol=1e-12)
+    assert bool(torch.isfinite(got).all())
+
+
+def test_dola_relative_top_1_keeps_only_the_top_token_and_the_last_run_starts_empty(monkeypatch):
+    final = torch.tensor([[1.0, 3.0, 2.0], [0.0, -1.0, 5.0]])
+    premature = torch.tensor([[[3.0, 0.0, 1.0]], [[0.0, 1.0, 2.0]]])
+    scores, _ = dola.dola_scores(final, premature, 1.0)
+    assert torch.isfinite(scores).tolist() == [[False, True, False], [False, False, True]]
+    monkeypatch.setattr(dola, "_LAST_CHOICES", [])  # no DoLa call yet in this process
+    assert dola.last_run_choices() is None and dola.last_run_layer_counts() == {}
+
+
 def test_derived_settings_report_resolved_values(expert, amateur_dir):
     info = derived_settings(expert, parse_decoding("dola", {"layers": "high"}))
     assert info == {"num_layers": 6, "mature_layer": 6, "candidate_layers": [3, 5], "early_layers_final_norm": False}
@@ -291,7 +317,6 @@ def test_truncated_amateur_shares_the_tokenizer(expert_dir, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 
 import copy
-import math
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM

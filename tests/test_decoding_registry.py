@@ -431,6 +431,31 @@ def test_hf_methods_hand_generate_our_mask_and_pad_id():
     assert out[0].tolist() == [eos, 5, 5, 5], out
 
 
+def test_beam_search_stops_as_hf_does_with_early_stopping():
+    """The beam search hands HF ``early_stopping=True``: cases where HF's two settings differ (a beam finishing on
+    EOS) follow True, on the plain HF model with the same weights."""
+    torch.manual_seed(0)
+    model = sharpen(AutoMultiExitModel.from_config(tiny_config("llama", vocab_size=VOCAB, layers=6)).eval())
+    plain = AutoModelForCausalLM.from_config(model.config).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    setting = parse_decoding("original", {}, "beam", {"num_beams": 3})
+    differing = 0
+    for seed in range(6):
+        if differing >= 2:
+            break
+        ids, mask = _prompt(length=7, rows=1, seed=seed)
+        for eos in sorted(set(_plain_greedy(plain, ids[0].tolist(), 3))):
+            hf = {flag: plain.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, num_beams=3,
+                                       early_stopping=flag, eos_token_id=eos, pad_token_id=PAD)[0, 7:].tolist()
+                  for flag in (True, False)}
+            if hf[True] == hf[False]:
+                continue
+            differing += 1
+            ours = generate(model, setting, ids, mask, 8, eos_token_id=eos, pad_token_id=PAD)[0].tolist()
+            assert ours[:len(hf[True])] == hf[True] and set(ours[len(hf[True]):]) <= {PAD}, (seed, eos, ours, hf)
+    assert differing == 2  # the prompts above hold cases that tell the two settings apart
+
+
 # ------------------------------------------------------------------------------------ the pipeline
 
 
