@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import left_pad, sharpen, tiny_config
-from multiexit import AutoMultiExitModel
+from multiexit import AutoMultiExitModel, MultiExitConfiguration
 from multiexit.decoding.registry import derived_settings, last_run_info
+from multiexit.decoding.common import multi_exit_output
 from multiexit.decoding import contrastive_decoding as cd
 from multiexit.decoding import dola
 from multiexit.decoding.registry import generate, parse_decoding, seed_everything
@@ -517,6 +518,47 @@ def test_dola_equals_rebuild_on_tiny_models(tiny_pair, bucket):
         assert choices[i].tolist() == chosen, (i, choices[i].tolist(), chosen)
     if bucket == "all":  # the choice is not stuck on one candidate
         assert len(set(choices.flatten().tolist())) > 1
+
+
+def test_dola_equals_rebuild_with_final_norm_and_penalty_2(tiny_pair):
+    """The early layers read through the final norm (``final_norm: true``), and a penalty of 2, as the rebuild."""
+    _, model, reference = tiny_pair
+    layers = list(range(12))
+    rows = prompts((5, 9), seed=11)
+    outputs = {}
+    for final_norm, penalty in [(True, 1.2), (False, 2.0), (False, 1.2)]:
+        out, choices = project_dola(model, rows, 8, {"layers": layers, "final_norm": final_norm, "repetition_penalty": penalty})
+        for i, row in enumerate(rows):
+            tokens, chosen, _ = ref_dola(reference, row, 8, layers, penalty=penalty, final_norm=final_norm)
+            assert out[i].tolist() == tokens and choices[i].tolist() == chosen, (final_norm, penalty, i)
+        outputs[final_norm, penalty] = (out.tolist(), choices.tolist())
+    assert len({repr(v) for v in outputs.values()}) == 3  # each setting changes the run
+
+
+def test_dola_checks_its_inputs_and_reads_the_original_head(tiny_pair):
+    _, model, _ = tiny_pair
+    ids, mask = left_pad(prompts((5, 3)), PAD)
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        dola.dola(model, ids, mask[:, 1:], 4, dict(parse_decoding("dola").params), eos_token_id=None, pad_token_id=PAD)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        dola.dola(model, ids, mask, 4, dict(parse_decoding("dola").params), eos_token_id=None, pad_token_id=PAD,
+                  min_new_tokens=-1)
+    # a model left reading an exit still contrasts its original head (the mature layer) with the candidates
+    expected = project_dola(model, [[5, 6, 7]], 6, {"layers": "high"})[0]
+    with multi_exit_output(model, MultiExitConfiguration(use_original_head=False, output_layer_index=2,
+                                                       vocab_projection_mode="shared_projection_direct")):
+        assert torch.equal(project_dola(model, [[5, 6, 7]], 6, {"layers": "high"})[0], expected)
+
+
+def test_dola_falls_back_to_the_models_best_other_token_when_only_eos_is_plausible(tiny_pair):
+    """relative_top near 1 keeps only the top final token; when that is EOS and min_new_tokens bars it, the row
+    takes the non-EOS token the final layer finds most probable (our choice, docs/baselines.md)."""
+    _, model, reference = tiny_pair
+    row = prompts((6,), seed=3)[0]
+    logits, _ = Prefix(reference, row).forward()
+    eos, runner_up = logits.topk(2).indices.tolist()
+    out, _ = project_dola(model, [row], 1, {"layers": "high", "relative_top": 0.999}, eos=eos, min_new=1)
+    assert out[0].tolist() == [runner_up]
 
 
 @pytest.fixture(scope="module")
