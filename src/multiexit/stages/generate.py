@@ -36,9 +36,8 @@ from typing import Sequence
 
 import numpy as np
 
-from multiexit._lazy import LazyModule
-
 import multiexit.decoding.registry as decoding
+from multiexit._lazy import LazyModule
 from multiexit.io import atomic_write_text, read_jsonl
 from multiexit.inputs.models import DTYPE_NAMES, check_dtype_name, dtype_name, load_model
 from multiexit.inputs.prompts import PromptSetSettings, Prompt, load_prompts
