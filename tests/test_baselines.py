@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -559,6 +560,58 @@ def test_dola_falls_back_to_the_models_best_other_token_when_only_eos_is_plausib
     eos, runner_up = logits.topk(2).indices.tolist()
     out, _ = project_dola(model, [row], 1, {"layers": "high", "relative_top": 0.999}, eos=eos, min_new=1)
     assert out[0].tolist() == [runner_up]
+
+
+def test_dola_finished_rows_take_the_pad_id_and_no_layer_and_the_run_stops_when_every_row_has(tiny_pair):
+    """After EOS a row gets the pad id (EOS's own id when no pad id is given) and the layer marker -1; the run
+    stops at the step where the last row finishes; no step leaves an empty (rows, 0) result."""
+    _, model, _ = tiny_pair
+    rows = prompts((5, 9), seed=3)
+    free, free_choices = project_dola(model, rows, 8, {"layers": "high"})
+    # EOS ids that end row 0 at step s0 and row 1 at a later step s1 < 7, appearing nowhere earlier in either row
+    a, b = free[0].tolist(), free[1].tolist()
+    s0 = next(s for s in range(8) if a[s] not in a[:s] + b)
+    s1 = next(s for s in range(s0 + 1, 8) if b[s] not in b[:s] + a[:s0 + 1])
+    first, second, rest0 = a[s0], b[s1], 7 - s0
+    assert s1 < 7
+    out, choices = project_dola(model, rows, 8, {"layers": "high"}, eos=first)
+    assert out.shape == (2, 8)
+    assert out[0].tolist() == a[:s0 + 1] + [PAD] * rest0 and torch.equal(out[1], free[1])
+    assert choices[0].tolist() == free_choices[0, :s0 + 1].tolist() + [-1] * rest0
+    assert torch.equal(choices[1], free_choices[1])
+    counted = Counter(free_choices[0, :s0 + 1].tolist() + free_choices[1].tolist())
+    assert last_run_info(parse_decoding("dola", {"layers": "high"}))["premature_layer_counts"] == dict(sorted(counted.items()))
+    # both rows finish: the run stops at step s1 instead of running to 8
+    out, choices = project_dola(model, rows, 8, {"layers": "high"}, eos=[first, second])
+    assert out.tolist() == [a[:s0 + 1] + [PAD] * (s1 - s0), b[:s1 + 1]]
+    assert choices.tolist() == [free_choices[0, :s0 + 1].tolist() + [-1] * (s1 - s0), free_choices[1, :s1 + 1].tolist()]
+    # no pad id: a finished row repeats the (first) EOS id, as HF pads with it
+    ids, mask = left_pad(rows, PAD)
+    with torch.inference_mode():
+        out = dola.dola(model, ids, mask, 8, dict(parse_decoding("dola", {"layers": "high"}).params),
+                        eos_token_id=[first, second], pad_token_id=None)
+    assert out.tolist() == [a[:s0 + 1] + [first] * (s1 - s0), b[:s1 + 1]]
+    # no step at all: an empty result per row, and an empty record of choices
+    out, choices = project_dola(model, rows, 0, {"layers": "high"})
+    assert out.shape == (2, 0) and choices.shape == (2, 0)
+
+
+def test_dola_reads_tied_embeddings_from_the_config_or_else_its_text_config():
+    """HF's test is ``config.tie_word_embeddings``; a composite model's config without it defers to its text config."""
+    from types import SimpleNamespace
+
+    def model(top, text):
+        text_config = SimpleNamespace() if text is None else SimpleNamespace(tie_word_embeddings=text)
+        config = SimpleNamespace(get_text_config=lambda: text_config)
+        if top is not None:
+            config.tie_word_embeddings = top
+        return SimpleNamespace(config=config)
+
+    assert dola.has_tied_embeddings(model(True, False)) is True  # the model's own setting wins
+    assert dola.has_tied_embeddings(model(False, True)) is False
+    assert dola.has_tied_embeddings(model(None, True)) is True  # a composite config: its text config decides
+    assert dola.has_tied_embeddings(model(None, False)) is False
+    assert dola.has_tied_embeddings(model(None, None)) is False  # neither says: untied
 
 
 @pytest.fixture(scope="module")
