@@ -151,14 +151,16 @@ def test_beam_min_new_tokens_falls_back_to_expert_best_non_eos(pair, plain):
         assert free.tolist()[0][0] in eos
 
 
-def test_beam_zero_new_tokens_is_an_empty_long_tensor(pair):
-    out = project(pair, PROMPTS, 0)
+@pytest.mark.parametrize("beams", [BEAMS, 1])  # 1: the greedy path
+def test_beam_zero_new_tokens_is_an_empty_long_tensor(pair, beams):
+    out = project(pair, PROMPTS, 0, beams=beams)
     assert out.dtype == torch.long and tuple(out.shape) == (2, 0)
 
 
-def test_beam_one_new_token_is_the_best_single_cd_token(pair, plain):
-    """One step of beam search is the argmax of the CD score over the plausible set."""
-    out = project(pair, PROMPTS, 1)
+@pytest.mark.parametrize("beams", [BEAMS, 1])  # 1: the greedy path
+def test_beam_one_new_token_is_the_best_single_cd_token(pair, plain, beams):
+    """One step of beam search (or of the greedy search) is the argmax of the CD score over the plausible set."""
+    out = project(pair, PROMPTS, 1, beams=beams)
     for row, prompt in zip(out.tolist(), PROMPTS):
         scores = ref_candidates(plain, prompt, [], set(), False)
         assert row == [max(scores, key=scores.get)]

@@ -114,6 +114,7 @@ METHODS = {
     "dola": {"layers": "low", "repetition_penalty": 1.2},
     "contrastive_search": {"top_k": 4, "penalty_alpha": 0.6},
     "contrastive_decoding": {"amateur": None, "num_beams": 2},
+    "contrastive_decoding_greedy": {"amateur": None, "num_beams": 1},
 }
 
 
@@ -123,10 +124,11 @@ def run_method(tiny_dir, method: str) -> tuple[list[str], torch.Tensor]:
 
     model, tokenizer = load_model(tiny_dir, device="cpu", dtype="float32")
     params = dict(METHODS[method])
-    if method == "contrastive_decoding":
+    if "amateur" in params:
         params["amateur"] = tiny_dir
         load_amateur(tiny_dir, torch.device("cpu"), torch.float32)  # loading is not the step under test
-    setting = make_run("x", method.split("_shared")[0], params, {"name": "gensim-lee"}).setting
+    name = method.removesuffix("_shared").removesuffix("_greedy")  # the entries' variants of one method
+    setting = make_run("x", name, params, {"name": "gensim-lee"}).setting
     eos = eos_token_ids(model, tokenizer)
     ids, mask = _left_pad([[504, 2143, 281, 1001, 30], [2143, 281, 7]], tokenizer.pad_token_id, torch.device("cpu"))
     mode = StrayTensorMode()
