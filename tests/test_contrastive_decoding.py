@@ -97,8 +97,10 @@ def ref_beam(plain, prompt, new, eos=(), min_new=0, beams=BEAMS):
             for v, s in ref_candidates(plain, prompt, tokens, eos, step < min_new).items():
                 pool.append((score + s, tokens + [v], v in eos))
         pool.sort(key=lambda c: -c[0])
-        assert len(pool) > beams, "the rebuild holds only finite candidates: the tests keep more than `beams`"
-        assert min(pool[i][0] - pool[i + 1][0] for i in range(beams)) > 1e-4, "near tie: pick another prompt"
+        # the rebuild holds only finite candidates: the beam tests keep more than `beams` (greedy may have one)
+        assert len(pool) > beams or beams == 1 == len(pool), "too few candidates"
+        gaps = [pool[i][0] - pool[i + 1][0] for i in range(min(beams, len(pool) - 1))]
+        assert min(gaps, default=1.0) > 1e-4, "near tie: pick another prompt"
         live = pool[:beams]
         if all(done for _, _, done in live):
             break
@@ -128,6 +130,20 @@ def test_beam_search_with_eos_stops_when_all_beams_end(pair, plain):
     assert alone.tolist() == [expected[0]]
 
 
+def test_greedy_equals_rebuild_and_stops_when_every_row_has_ended(pair, plain):
+    """num_beams=1: each row is the rebuild's one-beam search; a finished row is padded while the other runs on, and
+    the batch stops at the step where its last row ends."""
+    free = project(pair, PROMPTS, 6, beams=1).tolist()
+    assert free == [ref_beam(plain, prompt, 6, beams=1) for prompt in PROMPTS]
+    a, b = free
+    s0 = next(s for s in range(6) if a[s] not in a[:s] + b)  # EOS ids first seen at step s0 of row 0, s1 > s0 of row 1
+    s1 = next(s for s in range(s0 + 1, 6) if b[s] not in b[:s] + a[:s0 + 1])
+    assert s1 < 5
+    assert project(pair, PROMPTS, 6, eos=[a[s0]], beams=1).tolist() == [a[:s0 + 1] + [PAD] * (5 - s0), b]
+    both = project(pair, PROMPTS, 6, eos=[a[s0], b[s1]], beams=1).tolist()
+    assert both == [a[:s0 + 1] + [PAD] * (s1 - s0), b[:s1 + 1]]
+
+
 def test_beam_finished_beam_keeps_its_score_while_others_run_on(pair, plain):
     """A beam that ends early stays in the beam set at its own score (pad costs nothing) while unfinished beams are
     still extended; here the winner ends at step 3 and is padded once before all beams have ended."""
@@ -137,7 +153,8 @@ def test_beam_finished_beam_keeps_its_score_while_others_run_on(pair, plain):
     assert project(pair, PROMPTS[:1], 6, eos=eos, min_new=1).tolist() == [expected]
 
 
-def test_beam_min_new_tokens_falls_back_to_expert_best_non_eos(pair, plain):
+@pytest.mark.parametrize("beams", [BEAMS, 1])  # 1: the greedy path
+def test_beam_min_new_tokens_falls_back_to_expert_best_non_eos(pair, plain, beams):
     """All plausible tokens of the first step are EOS: with min_new_tokens=1 the single new token is the expert's most
     probable non-EOS token (score 0), for every row."""
     expert, _ = plain
@@ -145,9 +162,9 @@ def test_beam_min_new_tokens_falls_back_to_expert_best_non_eos(pair, plain):
         e = last_logprobs(expert, prompt)
         eos = [v for v in range(len(e)) if e[v] >= max(e) + math.log(ALPHA)]
         fallback = max((v for v in range(len(e)) if v not in eos), key=lambda v: e[v])
-        out = project(pair, [prompt], 1, eos=eos, min_new=1)
+        out = project(pair, [prompt], 1, eos=eos, min_new=1, beams=beams)
         assert out.tolist() == [[fallback]]
-        free = project(pair, [prompt], 1, eos=eos, min_new=0)  # without min_new_tokens an EOS is allowed
+        free = project(pair, [prompt], 1, eos=eos, min_new=0, beams=beams)  # without min_new_tokens an EOS is allowed
         assert free.tolist()[0][0] in eos
 
 
