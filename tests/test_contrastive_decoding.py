@@ -183,6 +183,30 @@ def test_beam_one_new_token_is_the_best_single_cd_token(pair, plain, beams):
         assert row == [max(scores, key=scores.get)]
 
 
+def test_settings_are_checked_at_their_bounds_with_messages_naming_the_value(pair):
+    from multiexit.decoding.registry import parse_decoding
+    from multiexit.inputs.models import PACKAGED_MODELS
+
+    _, expert_dir, _ = pair
+    ok = {"amateur": expert_dir}
+    prefix = "decoding method 'contrastive_decoding': "
+    for source in ("", "   "):
+        with pytest.raises(ValueError, match=rf"^{prefix}amateur must be a model source \(package:<name>, a folder or a Hub name\), got '{source}'$"):
+            parse_decoding("contrastive_decoding", {"amateur": source})
+    known = ", ".join(sorted(PACKAGED_MODELS))
+    with pytest.raises(ValueError, match=rf"^{prefix}amateur: unknown packaged model 'nope'; known: {known}$"):
+        parse_decoding("contrastive_decoding", {"amateur": "package:nope"})
+    for source in ("./no-such-amateur", "~/no-such-amateur", "/no-such-amateur"):  # paths are checked, Hub names are not
+        with pytest.raises(ValueError, match="is not a model folder"):
+            parse_decoding("contrastive_decoding", {"amateur": source})
+    assert parse_decoding("contrastive_decoding", {"amateur": "gpt2"}).params["amateur"] == "gpt2"
+    for key, good, bad in [("alpha", 1.0, 1.5), ("amateur_temperature", 100, 0), ("amateur_temperature", 1e-3, 100.5),
+                           ("num_beams", 1000, 1001), ("num_beams", 2, 2.0)]:
+        assert parse_decoding("contrastive_decoding", {**ok, key: good}).params[key] == good
+        with pytest.raises(ValueError, match=rf"^{prefix}{key} must be"):
+            parse_decoding("contrastive_decoding", {**ok, key: bad})
+
+
 # ------------------------------------------------------------------------------------------------ truncate_model
 
 
