@@ -614,6 +614,16 @@ def test_dola_reads_tied_embeddings_from_the_config_or_else_its_text_config():
     assert dola.has_tied_embeddings(model(None, None)) is False  # neither says: untied
 
 
+def test_dola_counts_the_blocks_the_model_has_not_its_configs_number():
+    """N is the number of blocks the model runs (a model cut to 3 of its config's 6 blocks has N = 3)."""
+    model = tiny_model("llama", seed=0, layers=6)
+    model.model.layers = model.model.layers[:3]
+    derived = derived_settings(model, parse_decoding("dola", {"layers": "high"}))
+    assert derived["num_layers"] == derived["mature_layer"] == 3 and derived["candidate_layers"] == [1]
+    with pytest.raises(ValueError, match=r"outside 0\.\.2"):
+        dola.model_candidate_layers(model, [4])
+
+
 @pytest.fixture(scope="module")
 def smollm2_pair(smollm2_dir):
     from transformers import AutoTokenizer
