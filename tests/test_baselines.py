@@ -474,6 +474,20 @@ def test_dola_buckets_as_hf():
     assert dola.candidate_layers([0, 3], 6, tied_embeddings=True) == [0, 3]  # an explicit list is taken as given
     assert dola.candidate_layers("low", 1, tied_embeddings=True) == [0]  # N < 2: HF starts at 0
     assert [dola.first_candidate_layer(n, True) for n in (1, 2, 3)] == [0, 1, 2]
+    # the windows start above 40 layers: N = 40 halves, N = 41 takes the last 20
+    assert dola.candidate_layers("high", 40) == list(range(20, 40, 2))
+    assert dola.candidate_layers("high", 41) == list(range(21, 41, 2))
+    assert dola.candidate_layers("low", 41) == list(range(0, 20, 2))
+
+
+def test_dola_settings_at_their_bounds():
+    for bucket in ("low", " LOW ", "High"):
+        assert parse_decoding("dola", {"layers": bucket}).params["layers"] == bucket  # resolved against the model later
+    for key, good, bad in [("relative_top", 1.0, 1.5), ("relative_top", 1e-6, 0.0), ("repetition_penalty", 100.0, 0.0),
+                           ("repetition_penalty", 1e-6, 100.5)]:
+        assert parse_decoding("dola", {key: good}).params[key] == good
+        with pytest.raises(ValueError, match=rf"{key} must be in \(0\.0, "):
+            parse_decoding("dola", {key: bad})
 
 
 def test_dola_layer_lists_as_text_and_their_errors():
