@@ -275,6 +275,12 @@ def test_contrastive_decoding_rejects_a_different_vocabulary(expert, tmp_path):
     other = saved(tiny_model("llama", seed=1, layers=2, vocab=96), tmp_path / "small_vocab")
     with pytest.raises(ValueError, match="tokenizer"):
         run(expert, "contrastive_decoding", {"amateur": other}, prompts())
+    # the message names both widths and both paths (a model built in memory has the path '')
+    message = ("contrastive_decoding: the amateur's vocabulary (96 outputs, '') differs from the expert's "
+               "(128 outputs, ''); the amateur must share the expert's tokenizer")
+    with pytest.raises(ValueError) as error:
+        cd.check_tokenizers(expert, tiny_model("llama", seed=1, layers=2, vocab=96))
+    assert str(error.value) == message
 
 
 def test_contrastive_decoding_rejects_a_different_token_mapping(gpt2_tokenizer, tmp_path):
