@@ -299,11 +299,30 @@ def test_contrastive_decoding_rejects_a_different_token_mapping(gpt2_tokenizer, 
     gpt2_tokenizer.save_pretrained(swapped)
     tokenizer_json = json.loads((tmp_path / "swapped" / "tokenizer.json").read_text())
     vocab = tokenizer_json["model"]["vocab"]
-    vocab["hello"], vocab["world"] = vocab["world"], vocab["hello"]
+    for a, b in [("hello", "world"), ("cat", "dog"), ("red", "blue")]:  # three swapped pairs and one token more
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+    tokenizer_json["added_tokens"].append({"id": len(gpt2_tokenizer), "content": "<|zz|>", "single_word": False,
+                                           "lstrip": False, "rstrip": False, "normalized": False, "special": True})
     (tmp_path / "swapped" / "tokenizer.json").write_text(json.dumps(tokenizer_json))
-    with pytest.raises(ValueError, match="tokenizer"):
+    changed = sorted(["hello", "world", "cat", "dog", "red", "blue", "<|zz|>"])  # tokens the two maps disagree on
+    with pytest.raises(ValueError, match="tokenizer") as error:
         generate(expert_model, parse_decoding("contrastive_decoding", {"amateur": swapped}), ids, torch.ones_like(ids), 3,
                  eos_token_id=None, pad_token_id=PAD)
+    assert f"map 7 token(s) differently (e.g. {changed[:5]}); the amateur must share" in str(error.value)
+    # the pair is checked once and remembered: a second expert with the swapped map is still checked against `same`
+    swapped_expert = AutoMultiExitModel.from_pretrained(swapped).eval()
+    with pytest.raises(ValueError, match="map 7 token"):
+        cd.check_tokenizers(swapped_expert, cd.load_amateur(same, torch.device("cpu"), torch.float32))
+
+
+def test_contrastive_decoding_checks_a_pair_of_tokenizers_once(expert_dir, amateur_dir, monkeypatch):
+    loads = []
+    monkeypatch.setattr(cd, "_load_vocab", lambda folder: loads.append(folder))
+    expert_model = AutoMultiExitModel.from_pretrained(expert_dir)
+    amateur = AutoMultiExitModel.from_pretrained(amateur_dir)
+    for _ in range(3):
+        cd.check_tokenizers(expert_model, amateur)
+    assert loads == [expert_dir, amateur_dir]
 
 
 def test_truncated_amateur_shares_the_tokenizer(expert_dir, tmp_path):
