@@ -55,13 +55,15 @@ PROMPTS = [[5, 17, 99, 42, 7], [64, 3, 120]]
 
 
 
+def params(pair, beams=BEAMS):
+    return {"amateur": pair[2], "alpha": ALPHA, "amateur_temperature": TEMPERATURE, "amateur_context": "last_token",
+            "num_beams": beams}
+
+
 def project(pair, rows, new, eos=None, min_new=0, beams=BEAMS):
-    expert, _, amateur_dir = pair
     ids, mask = left_pad(rows, PAD)
-    params = {"amateur": amateur_dir, "alpha": ALPHA, "amateur_temperature": TEMPERATURE,
-              "amateur_context": "last_token", "num_beams": beams}
     with torch.no_grad():
-        return cd.contrastive_decoding(expert, ids, mask, new, params, eos_token_id=eos, pad_token_id=PAD,
+        return cd.contrastive_decoding(pair[0], ids, mask, new, params(pair, beams), eos_token_id=eos, pad_token_id=PAD,
                                        min_new_tokens=min_new)
 
 
@@ -142,6 +144,41 @@ def test_greedy_equals_rebuild_and_stops_when_every_row_has_ended(pair, plain):
     assert project(pair, PROMPTS, 6, eos=[a[s0]], beams=1).tolist() == [a[:s0 + 1] + [PAD] * (5 - s0), b]
     both = project(pair, PROMPTS, 6, eos=[a[s0], b[s1]], beams=1).tolist()
     assert both == [a[:s0 + 1] + [PAD] * (s1 - s0), b[:s1 + 1]]
+    # no pad id: a finished row repeats the first EOS id
+    ids, mask = left_pad(PROMPTS, PAD)
+    with torch.no_grad():
+        out = cd.contrastive_decoding(pair[0], ids, mask, 6, params(pair, 1), eos_token_id=[a[s0], b[s1]], pad_token_id=None)
+    assert out.tolist() == [a[:s0 + 1] + [a[s0]] * (s1 - s0), b[:s1 + 1]]
+
+
+def test_contrastive_decoding_checks_its_inputs_and_reads_the_experts_original_head(pair):
+    from multiexit import MultiExitConfiguration
+    from multiexit.decoding.common import multi_exit_output
+
+    expert = pair[0]
+    ids, mask = left_pad(PROMPTS, PAD)
+
+    def decode(ids, mask, new=2, min_new=0):
+        with torch.no_grad():
+            return cd.contrastive_decoding(expert, ids, mask, new, params(pair, 1), eos_token_id=None, pad_token_id=PAD,
+                                           min_new_tokens=min_new)
+
+    for bad_mask, message in [(mask[:, 1:], "attention_mask shape"), (mask.flip(1), "left-padded")]:
+        with pytest.raises(ValueError, match=message):
+            decode(ids, bad_mask)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        decode(ids, mask, min_new=-1)
+    alone = torch.tensor([PROMPTS[0]])
+    assert torch.equal(decode(alone, None, 4), decode(alone, torch.ones_like(alone), 4))  # no mask: every token is real
+    # an expert left reading an exit still answers with its original head
+    expected = decode(ids, mask, 4)
+    with torch.no_grad():
+        head = expert(input_ids=ids, attention_mask=mask).logits
+    with multi_exit_output(expert, MultiExitConfiguration(use_original_head=False, output_layer_index=2,
+                                                          vocab_projection_mode="shared_projection_direct")):
+        with torch.no_grad():
+            assert not torch.allclose(expert(input_ids=ids, attention_mask=mask).logits, head)  # the exit differs
+        assert torch.equal(decode(ids, mask, 4), expected)
 
 
 def test_beam_finished_beam_keeps_its_score_while_others_run_on(pair, plain):
