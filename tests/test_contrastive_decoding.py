@@ -220,6 +220,15 @@ def test_beam_one_new_token_is_the_best_single_cd_token(pair, plain, beams):
         assert row == [max(scores, key=scores.get)]
 
 
+def test_load_amateur_keeps_one_model_per_source_device_and_dtype(pair):
+    amateur_dir = pair[2]
+    full = cd.load_amateur(amateur_dir, torch.device("cpu"), torch.float32)
+    half = cd.load_amateur(amateur_dir, torch.device("cpu"), torch.bfloat16)
+    assert full.dtype == torch.float32 and half.dtype == torch.bfloat16
+    assert cd.load_amateur(amateur_dir, "cpu", torch.float32) is full  # loaded once, then reused
+    assert not full.training and next(full.parameters()).device.type == "cpu"
+
+
 def test_settings_are_checked_at_their_bounds_with_messages_naming_the_value(pair):
     from multiexit.decoding.registry import parse_decoding
     from multiexit.inputs.models import PACKAGED_MODELS

@@ -74,6 +74,44 @@ def test_apply_repetition_penalty_as_ctrl():
     assert common.apply_repetition_penalty(scores, present, 1.0).tolist() == scores.tolist()
 
 
+def test_check_inputs_names_each_bad_value():
+    ids = torch.tensor([[5, 6, 7], [1, 8, 9]])
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+    common.check_inputs(ids, mask, 0)  # valid: nothing raised, for any count of new tokens from 0
+    common.check_inputs(ids, None, 3, 3)
+    cases = [
+        ((ids[0], mask, 2), r"^input_ids must have shape \(batch, prompt_length>0\), got \(3,\)$"),
+        ((ids[:, :0], mask[:, :0], 2), r"^input_ids must have shape \(batch, prompt_length>0\), got \(2, 0\)$"),
+        ((ids, mask[:, 1:], 2), r"^attention_mask shape \(2, 2\) differs from input_ids \(2, 3\)$"),
+        ((ids, mask.flip(1), 2), r"^inputs must be left-padded: the last position of every row must be a real token$"),
+        ((ids, mask, -1), r"^max_new_tokens must be an integer >= 0, got -1$"),
+        ((ids, mask, True), r"^max_new_tokens must be an integer >= 0, got True$"),
+        ((ids, mask, 2.0), r"^max_new_tokens must be an integer >= 0, got 2\.0$"),
+        ((ids, mask, 2, -1), r"^min_new_tokens must be an integer >= 0, got -1$"),
+        ((ids, mask, 2, False), r"^min_new_tokens must be an integer >= 0, got False$"),
+        ((ids, mask, 2, 1.0), r"^min_new_tokens must be an integer >= 0, got 1\.0$"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            common.check_inputs(*args)
+
+
+def test_eos_ids_is_eos_pad_value_and_stack_new_tokens():
+    assert common.eos_ids(None, "cpu") is None and common.eos_ids([], "cpu") is None
+    assert common.eos_ids(7, "cpu").tolist() == [7] and common.eos_ids((7, 2), "cpu").tolist() == [7, 2]
+    assert common.eos_ids([torch.tensor(3)], "cpu").dtype == torch.long
+    tokens = torch.tensor([4, 7, 2, 9])
+    assert common.is_eos(tokens, common.eos_ids([7, 2], "cpu")).tolist() == [False, True, True, False]
+    assert common.is_eos(tokens, None).tolist() == [False] * 4
+    assert common.pad_value(5, common.eos_ids([7, 2], "cpu")) == 5
+    assert common.pad_value(0, common.eos_ids([7, 2], "cpu")) == 0  # a pad id of 0 is a pad id
+    assert common.pad_value(None, common.eos_ids([7, 2], "cpu")) == 7  # no pad id: the first EOS id, as HF
+    assert common.pad_value(None, None) == 0
+    assert common.stack_new_tokens([torch.tensor([1, 2]), torch.tensor([3, 4])], 2, "cpu").tolist() == [[1, 3], [2, 4]]
+    empty = common.stack_new_tokens(iter([]), 3, "cpu")
+    assert empty.shape == (3, 0) and empty.dtype == torch.long
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # contrastive search: the project's batched, cached loop against a per-prompt rebuild
 # ---------------------------------------------------------------------------------------------------------------
