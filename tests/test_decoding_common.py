@@ -169,6 +169,19 @@ def run_cs(model, rows, steps, k, alpha, eos=None, pad=PAD, min_new=0):
 ROWS = [[5, 9, 17, 30], [40, 3, 22, 8, 13, 27, 6], [19, 2]]
 
 
+def test_original_head_switches_a_multi_exit_model_and_passes_a_plain_one_through(models):
+    plain, multi = models
+    with common.original_head(plain) as model:  # a plain causal LM has only its own head
+        assert model is plain
+    ids = torch.tensor([[5, 9, 14]])
+    with torch.no_grad():
+        expected = plain(input_ids=ids).logits
+        with common.original_head(multi) as model:
+            assert model is multi and multi.multi_exit_config.use_original_head
+            assert torch.allclose(multi(input_ids=ids).logits, expected, atol=1e-6)
+    assert multi.multi_exit_config.output_layer_index == 1 and not multi.multi_exit_config.use_original_head  # restored
+
+
 @pytest.mark.parametrize("k,alpha", [(2, 0.6), (3, 0.3), (4, 0.8)])
 def test_contrastive_search_equals_rebuild(models, k, alpha):
     plain, multi = models
