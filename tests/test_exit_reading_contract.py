@@ -114,6 +114,27 @@ def test_exit_output_returns_the_body_hidden_states_and_attentions(x):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("return_dict", [True, False])
+def test_exit_output_takes_return_dict_and_still_answers_with_its_output(x, return_dict):
+    """``return_dict`` (a keyword HF callers pass, e.g. ``return_dict=False``) does not reach the body, which would
+    then return a tuple: the exit's output is the same, and indexes like a tuple (``out[0]`` is the logits)."""
+    base, model = build(layers=(2, 4))
+    use(model, output_layer_index=2)
+    expected = base.model.norm(base(x, output_hidden_states=True).hidden_states[2]) @ model.name_to_lm_exit_head["lm_head_2"].weight.T
+    out = model(x, return_dict=return_dict)
+    assert torch.allclose(out.logits, expected, atol=1e-5) and out[0] is out.logits
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["gpt_neo", "gpt2"])  # return_dict a named parameter of forward, or in **kwargs
+def test_return_dict_false_gives_the_same_exit_output_in_other_families(x, family):
+    torch.manual_seed(0)
+    model = AutoMultiExitModel.from_config(tiny_config(family), MultiExitConfiguration(lm_head_layer_indices=[2])).eval()
+    use(model, output_layer_index=2)
+    assert torch.equal(model(x, return_dict=False).logits, model(x).logits)
+
+
+@torch.no_grad()
 def test_exit_output_cache_continues_the_sequence(x):
     base, model = build(layers=(2, 4))
     use(model, output_layer_index=2)

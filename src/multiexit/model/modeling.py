@@ -254,7 +254,10 @@ class MultiExitMixin:
         logits_to_keep = arguments.pop("logits_to_keep", 0) or 0
         if labels is not None:
             logits_to_keep = 0
+        # the output is always a MultiExitCausalLMOutput (it also indexes like a tuple); transformers 5 passes
+        # return_dict through **kwargs, where the body would turn it into a tuple
         arguments.pop("return_dict", None)
+        extra.pop("return_dict", None)
         return self.multi_exit_forward(arguments, extra, labels, logits_to_keep)
 
     @classmethod
