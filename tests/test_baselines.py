@@ -583,6 +583,12 @@ def test_dola_checks_its_inputs_and_reads_the_original_head(tiny_pair):
     with pytest.raises(ValueError, match="min_new_tokens"):
         dola.dola(model, ids, mask, 4, dict(parse_decoding("dola").params), eos_token_id=None, pad_token_id=PAD,
                   min_new_tokens=-1)
+    # no mask: every token is real
+    alone, params = torch.tensor([[5, 6, 7]]), dict(parse_decoding("dola").params)
+    with torch.inference_mode():
+        unmasked = dola.dola(model, alone, None, 4, params, eos_token_id=None, pad_token_id=PAD)
+        assert torch.equal(unmasked, dola.dola(model, alone, torch.ones_like(alone), 4, params, eos_token_id=None,
+                                               pad_token_id=PAD))
     # a model left reading an exit still contrasts its original head (the mature layer) with the candidates
     expected = project_dola(model, [[5, 6, 7]], 6, {"layers": "high"})[0]
     with multi_exit_output(model, MultiExitConfiguration(use_original_head=False, output_layer_index=2,
