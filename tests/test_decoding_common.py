@@ -228,3 +228,55 @@ def test_contrastive_search_zero_new_tokens_and_invalid_inputs(models):
         contrastive_search(multi, ids, mask, -1, params, eos_token_id=None, pad_token_id=PAD)
     with pytest.raises(ValueError, match="min_new_tokens"):
         contrastive_search(multi, ids, mask, 2, params, eos_token_id=None, pad_token_id=PAD, min_new_tokens=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CachedBatch: prefill and one token per step against full forward passes of the plain HF model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neo", "opt", "llama", "gemma3"])
+def test_cached_batch_equals_full_forward_passes_and_keeps_a_sliding_window(family):
+    """Each call's logits equal the last position of a full forward pass (no cache) of the plain model over the
+    left-padded sequence so far, with HF generate's positions (counted from each row's first real token; GPT-2, OPT
+    and GPT-Neo embed absolute positions, so a shift by the padding would change them); only the last position's
+    logits come back, hidden states only when asked; a float mask works like a long one; and a sliding-window
+    layer's cache keeps only its window, as the cache HF generate builds from the model's config does."""
+    torch.manual_seed(0)
+    config = tiny_config(family, vocab_size=VOCAB)
+    if family == "gemma3":  # both kinds of layer (4 layers would all be sliding by default)
+        config.layer_types = ["sliding_attention", "full_attention"] * 2
+    plain = T.AutoModelForCausalLM.from_config(config).eval()
+    rows = [[5, 9, 3, 7, 11, 4, 8, 20, 6, 13], [12, 17, 6]]  # 10 tokens: past gemma3's sliding window of 8
+    ids, mask = left_pad(rows, PAD)
+    steps = [torch.tensor([21, 30]), torch.tensor([[22], [31]]), torch.tensor([23, 32])]  # (rows,) and (rows, 1)
+
+    def reference(seq, seq_mask):
+        positions = seq_mask.cumsum(-1) - 1
+        positions.masked_fill_(seq_mask == 0, 1)  # HF generate's positions; pad positions are masked anyway
+        out = plain(input_ids=seq, attention_mask=seq_mask, position_ids=positions, output_hidden_states=True)
+        return out.logits[:, -1], out.hidden_states[-1][:, -1]
+
+    with torch.no_grad():
+        batch = common.CachedBatch(plain, ids, mask.float())
+        outputs = [batch.prefill()]
+        outputs += [batch.step(token, hidden_states=True) if i == 1 else batch.step(token) for i, token in enumerate(steps)]
+        seq, seq_mask = ids, mask
+        for i, out in enumerate(outputs):
+            if i:
+                seq = torch.cat([seq, steps[i - 1].reshape(-1, 1)], dim=1)
+                seq_mask = torch.cat([seq_mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+            logits, last_hidden = reference(seq, seq_mask)
+            assert out.logits.shape == (2, 1, VOCAB)
+            torch.testing.assert_close(out.logits[:, -1], logits, rtol=1e-4, atol=1e-5)
+            if i == 2:
+                assert len(out.hidden_states) == config.num_hidden_layers + 1
+                torch.testing.assert_close(out.hidden_states[-1][:, -1], last_hidden, rtol=1e-4, atol=1e-5)
+            else:
+                assert out.hidden_states is None
+    assert torch.equal(batch.mask, seq_mask) and batch.mask.dtype == torch.long
+    if family == "gemma3":
+        kinds = config.layer_types
+        assert "sliding_attention" in kinds and "full_attention" in kinds
+        for kind, layer in zip(kinds, batch.cache.layers):
+            assert layer.keys.shape[-2] == (config.sliding_window - 1 if kind == "sliding_attention" else seq.shape[1])

@@ -166,3 +166,23 @@ def test_the_mode_catches_a_planted_stray_tensor(tiny_dir, monkeypatch):
 
     monkeypatch.setattr(modeling.MultiExitMixin, "multi_exit_forward", mended)
     assert run_method(tiny_dir, "acd")[0] == []
+
+
+def test_a_mask_on_another_device_is_moved_to_the_ids(tiny_dir):
+    """DoLa, contrastive search and contrastive decoding take the caller's mask as it comes: one left on the CPU
+    beside ids on the GPU (here: made without a device, so stray) is moved to the ids' device before any use, and
+    the cached batch then runs its prompt and a step without mixing devices. Without the move the mask would reach
+    the model on the CPU, which the mode records (checked by planting the move's removal)."""
+    from multiexit.decoding.common import CachedBatch
+
+    model, _ = load_model(tiny_dir, device="cpu", dtype="float32")
+    ids, mask = _left_pad([[504, 2143, 281, 1001, 30], [2143, 281, 7]], 0, torch.device("cpu"))
+    mode = StrayTensorMode()
+    with torch.no_grad(), mode:
+        stray = torch.tensor(mask.tolist())
+        assert mode.is_stray(stray)
+        batch = CachedBatch(model, ids, stray)
+        batch.prefill()
+        batch.step(ids[:, -1])
+    assert not mode.is_stray(batch.mask)
+    assert not mode.violations, "\n".join(mode.violations[:3])

@@ -57,7 +57,8 @@ def _accepts_position_ids(model_class: type) -> bool:
 
 
 class CachedBatch:
-    """A left-padded batch being decoded by one model with its own ``DynamicCache``."""
+    """A left-padded batch being decoded by one model with its own ``DynamicCache`` (built from the model's config,
+    as HF generate builds it); ``attention_mask=None`` means every token is real."""
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         self.model = model
@@ -71,16 +72,15 @@ class CachedBatch:
         self._prompt_ids = input_ids
         self.next_position = None
 
-    def _call(self, input_ids, position_ids, hidden_states: bool, keep_all_logits: bool = False):
+    def _call(self, input_ids, position_ids, hidden_states: bool):
         kwargs = {
             "input_ids": input_ids,
             "attention_mask": self.mask,
             "cache": self.cache,
             "use_cache": True,
             "output_hidden_states": hidden_states,
+            "logits_to_keep": 1,
         }
-        if not keep_all_logits:
-            kwargs["logits_to_keep"] = 1
         if self._positions:
             kwargs["position_ids"] = position_ids
         return self.model(**kwargs)

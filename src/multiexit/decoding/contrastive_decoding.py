@@ -149,8 +149,6 @@ def contrastive_decoding(model, input_ids, attention_mask, max_new_tokens, param
     param = next(model.parameters())
     amateur = load_amateur(params["amateur"], param.device, param.dtype)
     check_tokenizers(model, amateur)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
     settings = (float(params["alpha"]), float(params["amateur_temperature"]))
     amateur_ids, amateur_mask = _amateur_inputs(input_ids, attention_mask, params["amateur_context"])
     eos = eos_ids(eos_token_id, input_ids.device)
