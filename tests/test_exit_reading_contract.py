@@ -95,6 +95,17 @@ def test_no_trained_exit_gives_no_loss_and_labels_absent_project_only_the_output
     out = use(model, output_layer_index=2, vocab_projection_mode=DIRECT)(x, labels=x)
     assert out.loss is None and out.exit_losses == {}
     assert torch.allclose(out.logits, base.lm_head(base.model.norm(ref.hidden_states[2])), atol=1e-5)
+    assert model.trained_exit_layers() == [] and model.trained_exit_layers(CAST) == [1, 2]  # the active mode, or the one named
+    # CAST mode trains the exits its casts were fitted for (no layer-specific head exists here): one loss per cast
+    # exit, each the next-token cross-entropy of the plain model's head over the cast final-normed state
+    out = use(model, output_layer_index=2, vocab_projection_mode=CAST)(x, labels=x)
+    assert sorted(out.exit_losses) == [1, 2]
+    for layer in (1, 2):
+        cast = model.name_to_cast_matrix[f"cast_{layer}"]
+        logits = base.lm_head(cast(base.model.norm(ref.hidden_states[layer])))
+        expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        assert torch.allclose(out.exit_losses[layer], expected, atol=1e-5), layer
+    assert torch.allclose(out.loss, out.exit_losses[1] + out.exit_losses[2])
     # without labels, the trained (cast) exits are not projected: the vocabulary head sees only exit 2's rows
     rows = []
     model.lm_head.register_forward_hook(lambda _m, inputs, _out: rows.append(tuple(inputs[0].shape)))
@@ -166,3 +177,16 @@ def test_few_rows_shortcut_keeps_subclasses_and_hooks():
     plain.register_forward_pre_hook(lambda _module, inputs: seen.append(tuple(inputs[0].shape)))
     few_rows_linear(plain, hidden)
     assert seen == [(3, 8)]
+    # accelerate's own hooks (add_hook_to_module, as device maps and offloading use) swap in their own forward and
+    # mark the module with _hf_hook, registering no torch hook: such a module is called too
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    class Recording(ModelHook):
+        def pre_forward(self, module, *args, **kwargs):
+            seen.append(("accelerate", tuple(args[0].shape)))
+            return args, kwargs
+
+    hooked = add_hook_to_module(torch.nn.Linear(8, 5), Recording())
+    assert not hooked._forward_hooks and not hooked._forward_pre_hooks
+    few_rows_linear(hooked, hidden)
+    assert seen[-1] == ("accelerate", (3, 8))
