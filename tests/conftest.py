@@ -269,6 +269,15 @@ def sharpen(model, factor: float = 6.0):
     return model
 
 
+def ending_steps(a: list[int], b: list[int]) -> tuple[int, int]:
+    """Two free runs' steps s0 < s1 whose tokens can serve as EOS ids: ``a[s0]`` occurs nowhere earlier in ``a``
+    nor anywhere in ``b``, ``b[s1]`` nowhere earlier in ``b`` nor in ``a[:s0 + 1]``. With EOS ``a[s0]`` row 0 ends
+    at step s0 while row 1 runs on unchanged; adding ``b[s1]`` ends row 1 at step s1."""
+    s0 = next(s for s in range(len(a)) if a[s] not in a[:s] + b)
+    s1 = next(s for s in range(s0 + 1, len(b)) if b[s] not in b[:s] + a[:s0 + 1])
+    return s0, s1
+
+
 def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists as one left-padded batch: (input_ids filled with ``pad``, attention_mask)."""
     width = max(len(row) for row in rows)

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import left_pad, sharpen, tiny_config
+from conftest import ending_steps, left_pad, sharpen, tiny_config
 from multiexit import AutoMultiExitModel, MultiExitConfiguration
 from multiexit.decoding.registry import derived_settings, last_run_info
 from multiexit.decoding.common import multi_exit_output
@@ -615,8 +615,7 @@ def test_dola_finished_rows_take_the_pad_id_and_no_layer_and_the_run_stops_when_
     free, free_choices = project_dola(model, rows, 8, {"layers": "high"})
     # EOS ids that end row 0 at step s0 and row 1 at a later step s1 < 7, appearing nowhere earlier in either row
     a, b = free[0].tolist(), free[1].tolist()
-    s0 = next(s for s in range(8) if a[s] not in a[:s] + b)
-    s1 = next(s for s in range(s0 + 1, 8) if b[s] not in b[:s] + a[:s0 + 1])
+    s0, s1 = ending_steps(a, b)
     first, second, rest0 = a[s0], b[s1], 7 - s0
     assert s1 < 7
     out, choices = project_dola(model, rows, 8, {"layers": "high"}, eos=first)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import left_pad, tiny_config
+from conftest import ending_steps, left_pad, tiny_config
 from multiexit import AutoMultiExitModel
 from multiexit.decoding import contrastive_decoding as cd
 
@@ -138,8 +138,7 @@ def test_greedy_equals_rebuild_and_stops_when_every_row_has_ended(pair, plain):
     free = project(pair, PROMPTS, 6, beams=1).tolist()
     assert free == [ref_beam(plain, prompt, 6, beams=1) for prompt in PROMPTS]
     a, b = free
-    s0 = next(s for s in range(6) if a[s] not in a[:s] + b)  # EOS ids first seen at step s0 of row 0, s1 > s0 of row 1
-    s1 = next(s for s in range(s0 + 1, 6) if b[s] not in b[:s] + a[:s0 + 1])
+    s0, s1 = ending_steps(a, b)  # EOS ids first seen at step s0 of row 0, s1 > s0 of row 1
     assert s1 < 5
     assert project(pair, PROMPTS, 6, eos=[a[s0]], beams=1).tolist() == [a[:s0 + 1] + [PAD] * (5 - s0), b]
     both = project(pair, PROMPTS, 6, eos=[a[s0], b[s1]], beams=1).tolist()
