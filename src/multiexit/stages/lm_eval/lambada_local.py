@@ -17,6 +17,7 @@ from pathlib import Path
 
 from dataclasses import dataclass
 
+from multiexit.inputs.corpora import lee_corpus_path
 from multiexit.io import atomic_open
 from multiexit.settings import Settings, setting
 
@@ -33,10 +34,7 @@ def _stem(word: str) -> str:
 
 def default_sources() -> list[Path]:
     """gensim's Lee news corpus: ``lee_background.cor`` (300 articles) and ``lee.cor`` (50), one per line."""
-    import gensim
-
-    folder = Path(gensim.__file__).parent / "test" / "test_data"
-    return [folder / "lee_background.cor", folder / "lee.cor"]
+    return [lee_corpus_path(), lee_corpus_path(test=True)]
 
 
 def split_sentences(article: str) -> list[str]:
