@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.metadata
 import json
 import platform
 import random
@@ -85,10 +86,12 @@ def library_versions() -> dict:
     from multiexit import __version__
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__, "multiexit": __version__}
+    # read from the installed distributions' metadata: the same strings as their ``__version__``, without the
+    # second of import time (mostly ``datasets``') a generation job would spend importing them to ask
     for module in ("datasets", "tokenizers"):
         try:
-            versions[module] = __import__(module).__version__
-        except Exception:  # pragma: no cover - optional
+            versions[module] = importlib.metadata.version(module)
+        except importlib.metadata.PackageNotFoundError:  # pragma: no cover - optional
             pass
     return versions
 
