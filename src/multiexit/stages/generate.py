@@ -87,7 +87,7 @@ def library_versions() -> dict:
 
     versions = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__, "multiexit": __version__}
     # read from the installed distributions' metadata: the same strings as their ``__version__``, without the
-    # second of import time (mostly ``datasets``') a generation job would spend importing them to ask
+    # 2-3 s a generation job spent importing ``datasets`` (and with it pandas and pyarrow) only to ask
     for module in ("datasets", "tokenizers"):
         try:
             versions[module] = importlib.metadata.version(module)
