@@ -43,6 +43,39 @@ def test_invalid_parameters_named(alpha, k):
         calculate_contrasted_logits(torch.zeros(4), torch.zeros(4), alpha=alpha, minimum_candidates=k)
 
 
+def test_positional_parameters_in_the_original_order():
+    # the original (IBM/auto-contrastive-generation d0a7925) is (upper, lower, minimum_candidates=1, alpha=0.1)
+    upper, lower = torch.randn(3, 50), torch.randn(3, 50)
+    assert torch.equal(calculate_contrasted_logits(upper, lower, 3, 0.3),
+                       calculate_contrasted_logits(upper, lower, alpha=0.3, minimum_candidates=3))
+    assert torch.equal(calculate_contrasted_logits(upper, lower, 1),
+                       calculate_contrasted_logits(upper, lower, alpha=0.1, minimum_candidates=1))
+    assert not torch.equal(calculate_contrasted_logits(upper, lower, 1), calculate_contrasted_logits(upper, lower, alpha=1.0))
+
+
+def test_one_default_for_alpha_and_minimum_candidates():
+    import inspect
+
+    from multiexit import MultiExitConfiguration
+    from multiexit.decoding import METHODS
+
+    signature = inspect.signature(calculate_contrasted_logits).parameters
+    config = MultiExitConfiguration()
+    assert (signature["alpha"].default, signature["minimum_candidates"].default) == (0.1, 1)
+    assert (config.contrast_alpha, config.contrast_minimum_candidates) == (0.1, 1)
+    assert (METHODS["acd"].defaults["alpha"], METHODS["acd"].defaults["minimum_candidates"]) == (0.1, 1)
+
+
+def test_the_model_path_is_the_checked_function_without_its_check():
+    from multiexit import MultiExitConfiguration
+
+    upper, lower = torch.randn(4, 64), torch.randn(4, 64)
+    config = MultiExitConfiguration(use_original_head=False, contrast_layer_indices="original;2",
+                                    contrast_alpha=0.2, contrast_minimum_candidates=2)
+    assert torch.equal(config.effective_contrast_function(upper, lower),
+                       calculate_contrasted_logits(upper, lower, alpha=0.2, minimum_candidates=2))
+
+
 def test_shape_mismatch_rejected():
     with pytest.raises(ValueError, match="same shape"):
         calculate_contrasted_logits(torch.zeros(2, 4), torch.zeros(2, 5))

@@ -141,7 +141,8 @@ register_method(DecodingMethod(
 ))
 register_method(DecodingMethod(
     "acd",
-    {"upper": "original", "alpha": MultiExitConfiguration.contrast_alpha, "minimum_candidates": 1, **_EXIT_PARAMS},
+    {"upper": "original", "alpha": MultiExitConfiguration.contrast_alpha,
+     "minimum_candidates": MultiExitConfiguration.contrast_minimum_candidates, **_EXIT_PARAMS},
     _hf_generate(_acd),
     "Auto-Contrastive Decoding (the contrast of an upper and a lower exit)",
     required=("lower",),

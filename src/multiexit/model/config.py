@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Callable, Sequence
 
 from multiexit._lazy import LazyModule
-from multiexit.model.contrast import calculate_contrasted_logits, check_contrast_parameters
+from multiexit.model.contrast import ALPHA, MINIMUM_CANDIDATES, check_contrast_parameters, contrasted_logprobs
 
 # torch is imported on first use: the plan imports this module (multiexit._lazy)
 torch = LazyModule("torch")
@@ -81,8 +81,8 @@ class MultiExitConfiguration:
     output_layer_index: int | str | None = None
     contrast_layer_indices: tuple[int | str, int] | str | None = None
     contrast_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    contrast_alpha: float | str = 0.1
-    contrast_minimum_candidates: int | str = 1
+    contrast_alpha: float | str = ALPHA
+    contrast_minimum_candidates: int | str = MINIMUM_CANDIDATES
 
     def __post_init__(self) -> None:
         if isinstance(self.vocab_projection_mode, str) and self.vocab_projection_mode.strip().lower() in ("", "none"):
@@ -157,8 +157,9 @@ class MultiExitConfiguration:
     def effective_contrast_function(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         if self.contrast_function is not None:
             return self.contrast_function
+        # checked once, here on construction, not at every step (calculate_contrasted_logits would check again)
         return functools.partial(
-            calculate_contrasted_logits,
+            contrasted_logprobs,
             alpha=self.contrast_alpha,
             minimum_candidates=self.contrast_minimum_candidates,
         )

@@ -14,6 +14,11 @@ torch = LazyModule("torch")
 # (upper - lower) finite for every pair of inputs.
 _LOG_FLOOR = -3.4028234663852886e38 / 4  # torch.finfo(torch.float32).min / 4
 
+# The rule's defaults, the only ones (MultiExitConfiguration's contrast_alpha and contrast_minimum_candidates
+# take them): IBM/auto-contrastive-generation d0a7925, contrast_calculation.py, calculate_contrasted_logits.
+ALPHA = 0.1
+MINIMUM_CANDIDATES = 1
+
 
 def check_contrast_parameters(alpha: float, minimum_candidates: int) -> None:
     """Raise ValueError naming the bad parameter (shared by the configuration and the function)."""
@@ -36,10 +41,14 @@ def plausible_head_mask(upper_logprobs: torch.Tensor, alpha: float, minimum_cand
 def calculate_contrasted_logits(
     upper_logits: torch.Tensor,
     lower_logits: torch.Tensor,
-    alpha: float = 0.1,
-    minimum_candidates: int = 1,
+    minimum_candidates: int = MINIMUM_CANDIDATES,
+    alpha: float = ALPHA,
 ) -> torch.Tensor:
     """Return log-probabilities of the ACD distribution.
+
+    The parameters are in the original function's order (IBM/auto-contrastive-generation d0a7925,
+    ``contrast_calculation.py``: upper, lower, minimum_candidates, alpha), so positional calls written
+    for it mean the same here. Both are checked (ValueError naming the parameter).
 
     p^U = softmax(upper), p^L = softmax(lower); the head set H holds the tokens with
     p^U_v >= min(alpha * max p^U, k-th largest p^U) (k = minimum_candidates) and M is
@@ -51,6 +60,13 @@ def calculate_contrasted_logits(
     returns a float32 tensor on the inputs' device.
     """
     check_contrast_parameters(alpha, minimum_candidates)
+    return contrasted_logprobs(upper_logits, lower_logits, alpha, minimum_candidates)
+
+
+def contrasted_logprobs(upper_logits: torch.Tensor, lower_logits: torch.Tensor, alpha: float,
+                        minimum_candidates: int) -> torch.Tensor:
+    """:func:`calculate_contrasted_logits` without the parameter check: what a multi-exit model calls at every
+    step, with the parameters its :class:`~multiexit.model.config.MultiExitConfiguration` checked once."""
     if upper_logits.shape != lower_logits.shape:
         raise ValueError(
             f"upper_logits and lower_logits must have the same shape, got {tuple(upper_logits.shape)} "

@@ -6,7 +6,6 @@ Pure Python over the validated config: no model is loaded.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass, field
 
@@ -14,7 +13,7 @@ from multiexit.model.config import ORIGINAL, MultiExitConfiguration, VocabularyP
 from multiexit.settings import ConfigError
 
 # the ACD alpha of lm-eval pairs when lm_eval.alpha is not set: the model configuration's own default
-CONTRAST_ALPHA = next(f.default for f in dataclasses.fields(MultiExitConfiguration) if f.name == "contrast_alpha")
+CONTRAST_ALPHA = MultiExitConfiguration.contrast_alpha
 # symbolic layers of lm-eval ACD pairs, resolved per model
 SYMBOLIC_LAYERS = {"top": lambda spec: spec["num_layers"], "middle": lambda spec: spec["num_layers"] // 2}
 
