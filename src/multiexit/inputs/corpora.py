@@ -37,6 +37,14 @@ torch = LazyModule("torch")
 CC100_URL = "https://data.statmt.org/cc-100/{lang}.txt.xz"
 LOCAL_SUFFIXES = (".txt", ".cor", ".jsonl", ".text")
 
+# The one default of each training-text setting: the functions below and the stages' settings
+# (DataSettings, FitCastSettings) take these.
+DEFAULT_CORPUS = "lee_background"  # our choice: gensim ships it, so the default needs no download
+SEPARATORS = ("eos", "none")  # between documents: the tokenizer's EOS, or nothing (the ACD authors' group_texts)
+SEPARATOR = "eos"  # our choice
+SHUFFLE_BUFFER = 10_000  # documents in the shuffle buffer of a streamed corpus: our choice
+PROMPT_FIELD, TARGET_FIELD = "prompt", "target"  # the fields of a task-data JSONL line
+
 
 def gensim_test_data() -> Path:
     """gensim's ``test/test_data`` folder (found without importing gensim): the one place the Lee corpus is located."""
@@ -188,7 +196,7 @@ def validate_corpus_spec(spec: str) -> None:
             )
 
 
-def iter_documents(spec: str, seed: int = 0, shuffle_buffer: int = 10_000) -> Iterator[str]:
+def iter_documents(spec: str, seed: int = 0, shuffle_buffer: int = SHUFFLE_BUFFER) -> Iterator[str]:
     """All documents named by ``spec`` (parts joined with '+'), local ones shuffled with ``seed``."""
     validate_corpus_spec(spec)
     for part in spec.split("+"):
@@ -237,8 +245,8 @@ def load_token_chunks(
     train_tokens: int | None = None,
     eval_tokens: int = 0,
     seed: int = 0,
-    shuffle_buffer: int = 10_000,
-    separator: str = "eos",
+    shuffle_buffer: int = SHUFFLE_BUFFER,
+    separator: str = SEPARATOR,
 ) -> TokenChunks:
     """Tokenise ``spec`` into held-out and training chunks of ``seq_len`` tokens.
 
@@ -258,8 +266,8 @@ def load_token_chunks(
     validate_corpus_spec(spec)
     if train_tokens is None and any(is_hub_spec(p.strip()) for p in spec.split("+")):
         raise ValueError(f"train_tokens: a token budget is required for streamed corpus {spec!r}")
-    if separator not in ("eos", "none"):
-        raise ValueError(f"separator: must be 'eos' or 'none', got {separator!r}")
+    if separator not in SEPARATORS:
+        raise ValueError(f"separator: must be {' or '.join(map(repr, SEPARATORS))}, got {separator!r}")
     eos = tokenizer.eos_token_id
     if eos is None and separator == "eos":
         raise ValueError("tokenizer: has no eos_token_id (needed to separate documents; or use separator 'none')")
@@ -288,7 +296,7 @@ def load_token_chunks(
 
 
 # ----------------------------------------------------------------------------------- task data
-def read_task_examples(path: str | Path, prompt_field: str = "prompt", target_field: str = "target") -> list[dict]:
+def read_task_examples(path: str | Path, prompt_field: str = PROMPT_FIELD, target_field: str = TARGET_FIELD) -> list[dict]:
     """prompt -> target pairs from a JSONL file (one object per line)."""
     path = Path(path)
     if not path.is_file():

@@ -17,12 +17,47 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from multiexit._lazy import LazyModule
+from multiexit.inputs.corpora import DEFAULT_CORPUS
 from multiexit.model.config import ORIGINAL, VocabularyProjectionMode
 from multiexit.settings import Settings, check_device, setting
 
 # torch is imported on first use: the plan imports this module (multiexit._lazy)
 torch = LazyModule("torch")
 nn = LazyModule("torch.nn")
+
+
+def _check_corpus(spec: str) -> None:
+    from multiexit.inputs.corpora import validate_corpus_spec
+
+    validate_corpus_spec(spec)
+
+
+@dataclass(frozen=True)
+class FitCastSettings(Settings):
+    """Settings of one cast fit (the pipeline's ``cast.layers`` and ``cast.options``; ``scripts/fit_cast.py``'s options)."""
+
+    layers: tuple[int, ...] = setting(help="layers to fit casts for (1..L-1)", minimum=1)
+    data: str = setting(DEFAULT_CORPUS, "corpus spec: wikitext-103, cc100[:lang], hub:..., lee_background, or a local file/folder",
+                        check=_check_corpus)
+    tokenizer: str | None = setting(None, "tokenizer source if the model folder has none ('gpt2' = offline GPT-2 tokenizer)")
+    seq_len: int = setting(128, "tokens per text chunk the model reads", minimum=2)
+    num_positions: int = setting(25_000, "token positions used for the fit, per layer", minimum=1)
+    heldout_positions: int = setting(5_000, "other positions for the held-out R^2", minimum=1)
+    corpus_tokens: int | None = setting(None, "tokens to read from the corpus (default: just enough for the positions)", minimum=1)
+    eval_tokens: int = setting(0, "hold out the first documents (as train_heads does) and report each exit's held-out CE / "
+                                  "top-1 through its cast and the logit lens (0: off)", minimum=0)
+    skip_first: int = setting(1, "leading positions of each chunk never sampled (1: the attention-sink position)", minimum=0)
+    ridge: float = setting(0.0, "ridge penalty (per position) for the least-squares fit", minimum=0)
+    batch_size: int = setting(16, "chunks per forward pass", minimum=1)
+    seed: int = setting(0, "seed of corpus shuffling and position sampling")
+    device: str = setting("cpu", "torch device (auto: cuda if available, else cpu)", check=check_device)
+    dtype: str = setting("float32", "model dtype (auto: bfloat16 on a bf16 GPU, else float32)", choices=("auto", "float32", "bfloat16", "float16"))
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("layers: expected at least one cast layer")
+        if self.skip_first >= self.seq_len:
+            raise ValueError(f"skip_first: must be below seq_len ({self.seq_len}), got {self.skip_first}")
 
 
 @dataclass
@@ -80,7 +115,8 @@ def fit_linear_map(x: torch.Tensor, y: torch.Tensor, ridge: float = 0.0) -> tupl
     return b.T.contiguous(), stats.r2(b)
 
 
-def sample_positions(num_chunks: int, seq_len: int, count: int, seed: int, skip_first: int = 1) -> dict[int, torch.Tensor]:
+def sample_positions(num_chunks: int, seq_len: int, count: int, seed: int,
+                     skip_first: int = FitCastSettings.skip_first) -> dict[int, torch.Tensor]:
     """``count`` distinct (chunk, position) pairs drawn uniformly (positions < skip_first excluded), by chunk."""
     usable = seq_len - skip_first
     if usable <= 0:
@@ -106,12 +142,12 @@ def fit_cast_matrices(
     model,
     chunks: torch.Tensor,
     layers: Sequence[int],
-    num_positions: int = 25_000,
-    heldout_positions: int = 5_000,
-    seed: int = 0,
-    batch_size: int = 8,
-    ridge: float = 0.0,
-    skip_first: int = 1,
+    num_positions: int = FitCastSettings.num_positions,
+    heldout_positions: int = FitCastSettings.heldout_positions,
+    seed: int = FitCastSettings.seed,
+    batch_size: int = FitCastSettings.batch_size,
+    ridge: float = FitCastSettings.ridge,
+    skip_first: int = FitCastSettings.skip_first,
     progress: bool = True,
 ) -> CastFitResult:
     """Fit W_l for ``layers`` on positions sampled from ``chunks`` (LongTensor n x seq_len).
@@ -206,40 +242,6 @@ def add_cast_matrices(model, weights: dict[int, torch.Tensor]) -> None:
     if not model.exit_head_layers:
         model.config.vocab_projection_mode = VocabularyProjectionMode.SHARED_PROJECTION_CAST_OUTPUTS.value
         model.config.lm_head_layer_indices = list(cast_layers)
-
-
-def _check_corpus(spec: str) -> None:
-    from multiexit.inputs.corpora import validate_corpus_spec
-
-    validate_corpus_spec(spec)
-
-
-@dataclass(frozen=True)
-class FitCastSettings(Settings):
-    """Settings of one cast fit (the pipeline's ``cast.layers`` and ``cast.options``; ``scripts/fit_cast.py``'s options)."""
-
-    layers: tuple[int, ...] = setting(help="layers to fit casts for (1..L-1)", minimum=1)
-    data: str = setting("lee_background", "corpus spec: wikitext-103, cc100[:lang], hub:..., lee_background, or a local file/folder",
-                        check=_check_corpus)
-    tokenizer: str | None = setting(None, "tokenizer source if the model folder has none ('gpt2' = offline GPT-2 tokenizer)")
-    seq_len: int = setting(128, "tokens per text chunk the model reads", minimum=2)
-    num_positions: int = setting(25_000, "token positions used for the fit, per layer", minimum=1)
-    heldout_positions: int = setting(5_000, "other positions for the held-out R^2", minimum=1)
-    corpus_tokens: int | None = setting(None, "tokens to read from the corpus (default: just enough for the positions)", minimum=1)
-    eval_tokens: int = setting(0, "hold out the first documents (as train_heads does) and report each exit's held-out CE / "
-                                  "top-1 through its cast and the logit lens (0: off)", minimum=0)
-    skip_first: int = setting(1, "leading positions of each chunk never sampled (1: the attention-sink position)", minimum=0)
-    ridge: float = setting(0.0, "ridge penalty (per position) for the least-squares fit", minimum=0)
-    batch_size: int = setting(16, "chunks per forward pass", minimum=1)
-    seed: int = setting(0, "seed of corpus shuffling and position sampling")
-    device: str = setting("cpu", "torch device (auto: cuda if available, else cpu)", check=check_device)
-    dtype: str = setting("float32", "model dtype (auto: bfloat16 on a bf16 GPU, else float32)", choices=("auto", "float32", "bfloat16", "float16"))
-
-    def __post_init__(self) -> None:
-        if not self.layers:
-            raise ValueError("layers: expected at least one cast layer")
-        if self.skip_first >= self.seq_len:
-            raise ValueError(f"skip_first: must be below seq_len ({self.seq_len}), got {self.skip_first}")
 
 
 def run_cast_fit(model_source: str, output_dir, settings: FitCastSettings, metrics_path=None) -> dict:

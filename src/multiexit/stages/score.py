@@ -47,6 +47,14 @@ DEFAULT_FEATURIZER = "gpt2"
 DEFAULT_COHERENCE_MODEL = "princeton-nlp/sup-simcse-bert-base-uncased"
 SIMCSE_MAX_TOKENS = 128  # simcse/tool.py: SimCSE.encode(max_length=128)
 COHERENCE_POOLERS = ("auto", "cls", "cls_before_pooler")
+# The one default of each scoring setting: ScoreSettings' fields and the functions below both take these.
+MAUVE_MAX_TOKENS = 128  # ContrastiveDecoding text-generation/eval_script.py: tgt_len = 128
+MAUVE_SCALING_FACTOR = 5.0  # mauve-text compute_mauve's default mauve_scaling_factor
+MAUVE_SEED = 25  # mauve-text compute_mauve's default k-means seed
+MAUVE_NUM_BUCKETS = "auto"  # mauve-text compute_mauve's default: n / 10 buckets
+BATCH_SIZE = 32  # texts per forward pass of the MAUVE featurizer and the coherence encoder: our choice
+BOOTSTRAP_RESAMPLES = 1000  # our choice
+BOOTSTRAP_SEED = 0  # our choice
 
 
 # ------------------------------------------------------------------------------ repetition / diversity
@@ -130,7 +138,8 @@ def repetition_metrics(texts: Sequence[str], ns: Sequence[int] = DEFAULT_NS) -> 
 # ------------------------------------------------------------------------------ bootstrap
 
 
-def bootstrap_interval(values: Sequence[float], *, resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict | None:
+def bootstrap_interval(values: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                       level: float = 0.95) -> dict | None:
     """Percentile bootstrap interval of the mean over items (prompts): resample items with replacement.
 
     Returns ``{"low", "high", "n", "resamples", "seed", "level"}``, or ``None`` without values.
@@ -178,7 +187,7 @@ def load_causal_lm(name_or_path: str, device: str = "auto"):
 # ------------------------------------------------------------------------------ MAUVE
 
 
-def mauve_token_pairs(references: Sequence[str], generations: Sequence[str], tokenizer, max_tokens: int = 128):
+def mauve_token_pairs(references: Sequence[str], generations: Sequence[str], tokenizer, max_tokens: int = MAUVE_MAX_TOKENS):
     """Token ids of both sides cut to ``max_tokens``; pairs where either is shorter are dropped.
 
     Returns ``(reference_ids, generation_ids, kept_indices)``.
@@ -196,7 +205,7 @@ def mauve_token_pairs(references: Sequence[str], generations: Sequence[str], tok
     return refs, gens, kept
 
 
-def featurize(token_ids: Sequence[Sequence[int]], model, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+def featurize(token_ids: Sequence[Sequence[int]], model, batch_size: int = BATCH_SIZE, progress: bool = False) -> np.ndarray:
     """Final-layer hidden state at the last token of each sequence (no special tokens added).
 
     As ``mauve-text``'s ``featurize_tokens_from_model``, the features come from the model body
@@ -224,7 +233,8 @@ def featurize(token_ids: Sequence[Sequence[int]], model, batch_size: int = 16, p
     return np.concatenate(out, axis=0) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def mauve_from_features(p_features: np.ndarray, q_features: np.ndarray, *, scaling_factor: float = 5.0, seed: int = 25, num_buckets="auto") -> float:
+def mauve_from_features(p_features: np.ndarray, q_features: np.ndarray, *, scaling_factor: float = MAUVE_SCALING_FACTOR,
+                        seed: int = MAUVE_SEED, num_buckets=MAUVE_NUM_BUCKETS) -> float:
     """``mauve.compute_mauve`` on precomputed features (p = human references, q = generations)."""
     import mauve
 
@@ -237,8 +247,9 @@ def mauve_from_features(p_features: np.ndarray, q_features: np.ndarray, *, scali
     return float(result.mauve)
 
 
-def mauve_metrics(references, generations, featurizer: str = DEFAULT_FEATURIZER, *, max_tokens: int = 128,
-                  scaling_factor: float = 5.0, seed: int = 25, num_buckets="auto", batch_size: int = 16,
+def mauve_metrics(references, generations, featurizer: str = DEFAULT_FEATURIZER, *, max_tokens: int = MAUVE_MAX_TOKENS,
+                  scaling_factor: float = MAUVE_SCALING_FACTOR, seed: int = MAUVE_SEED, num_buckets=MAUVE_NUM_BUCKETS,
+                  batch_size: int = BATCH_SIZE,
                   device: str = "auto", progress: bool = False, featurizer_model=None) -> dict:
     """MAUVE under the Contrastive Decoding protocol; ``featurizer_model`` = (model, tokenizer) to reuse one."""
     model, tokenizer = featurizer_model or load_causal_lm(featurizer, device)
@@ -288,7 +299,7 @@ class SentenceEncoder:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
             self.model = AutoModel.from_pretrained(name_or_path).to(self.device).eval()
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
         import torch
 
         if self.kind == "sentence-transformers":
@@ -315,7 +326,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
-def coherence_per_text(prompts, generations, encoder: SentenceEncoder, batch_size: int = 32) -> np.ndarray:
+def coherence_per_text(prompts, generations, encoder: SentenceEncoder, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Cosine similarity of each generation's embedding with its own prompt's."""
     if len(prompts) != len(generations):
         raise ValueError(f"{len(prompts)} prompts but {len(generations)} generations")
@@ -324,7 +335,7 @@ def coherence_per_text(prompts, generations, encoder: SentenceEncoder, batch_siz
     return cosine_rows(encoder.encode(generations, batch_size), encoder.encode(prompts, batch_size))
 
 
-def coherence_metrics(prompts, generations, model: str = DEFAULT_COHERENCE_MODEL, *, device: str = "auto", batch_size: int = 32,
+def coherence_metrics(prompts, generations, model: str = DEFAULT_COHERENCE_MODEL, *, device: str = "auto", batch_size: int = BATCH_SIZE,
                       encoder: SentenceEncoder | None = None, max_tokens: int = SIMCSE_MAX_TOKENS, pooler: str = "auto") -> dict:
     """Mean over texts of cos(embedding(generation), embedding(prompt)) (SimCSE ``similarity``)."""
     if len(prompts) != len(generations):
@@ -381,17 +392,17 @@ class ScoreSettings(Settings):
     metrics: tuple[str, ...] = ("diversity", "mauve", "coherence", "length")
     ns: tuple[int, ...] = DEFAULT_NS
     featurizer: str = DEFAULT_FEATURIZER
-    mauve_max_tokens: int = 128
-    mauve_scaling_factor: float = 5.0
-    mauve_seed: int = 25
-    mauve_num_buckets: int | str = "auto"
+    mauve_max_tokens: int = MAUVE_MAX_TOKENS
+    mauve_scaling_factor: float = MAUVE_SCALING_FACTOR
+    mauve_seed: int = MAUVE_SEED
+    mauve_num_buckets: int | str = MAUVE_NUM_BUCKETS
     coherence_model: str = DEFAULT_COHERENCE_MODEL
     coherence_max_tokens: int = SIMCSE_MAX_TOKENS
     coherence_pooler: str = "auto"
     perplexity_model: str | None = None
-    bootstrap_resamples: int = 1000
-    bootstrap_seed: int = 0
-    batch_size: int = 32
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
+    bootstrap_seed: int = BOOTSTRAP_SEED
+    batch_size: int = BATCH_SIZE
     device: str = "auto"
 
     @classmethod

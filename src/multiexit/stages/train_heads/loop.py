@@ -32,6 +32,9 @@ from multiexit.seeding import seed_everything
 from multiexit.stages.train_heads.objective import ExitObjective
 from multiexit.stages.train_heads.settings import HeadTrainingSettings
 
+# chunks per forward pass of the cast fit behind init='cast' (not a setting; our choice)
+CAST_INIT_BATCH = 8
+
 
 # ----------------------------------------------------------------------------------- model
 def untie_output_head(model) -> None:
@@ -78,7 +81,7 @@ def fit_casts_for_init(model, chunks: torch.Tensor, layers: Sequence[int], confi
     per_chunk = chunks.shape[1] - 1
     chunks = chunks[:math.ceil(config.cast_positions / per_chunk)]
     result = fit_cast_matrices(model, chunks, below_top, num_positions=min(config.cast_positions, chunks.shape[0] * per_chunk),
-                               heldout_positions=0, seed=config.seed, progress=False)
+                               heldout_positions=0, seed=config.seed, batch_size=CAST_INIT_BATCH, progress=False)
     return result.weights
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from multiexit.model.config import ORIGINAL, VocabularyProjectionMode
-from multiexit.stages.train_heads.settings import Exit
+from multiexit.stages.train_heads.settings import Exit, HeadTrainingSettings
 
 
 def body_states(model, input_ids, attention_mask, exits: Sequence[Exit]) -> dict:
@@ -46,7 +46,7 @@ def kl_to_final(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tens
 class ExitObjective(nn.Module):
     """Wraps a multi-exit model so that ``forward(batch)`` returns the training loss (what DDP wraps)."""
 
-    def __init__(self, model, exits: Sequence[Exit], objective: str = "ce"):
+    def __init__(self, model, exits: Sequence[Exit], objective: str = HeadTrainingSettings.objective):
         super().__init__()
         self.model = model
         self.exits = list(exits)

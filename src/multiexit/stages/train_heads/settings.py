@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from multiexit.inputs.corpora import DEFAULT_CORPUS, PROMPT_FIELD, SEPARATOR, SEPARATORS, SHUFFLE_BUFFER, TARGET_FIELD
 from multiexit.model.config import ORIGINAL
 from multiexit.settings import ConfigError, Settings, _check_value, setting
 
@@ -27,7 +28,6 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
 # transformers schedulers that need nothing beyond warm-up and total steps (our choice of the list)
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
-SEPARATORS = ("eos", "none")
 Exit = int | str
 
 
@@ -149,23 +149,23 @@ class DataSettings(Settings):
     """Where the training text comes from and how it is cut (see :mod:`multiexit.inputs.corpora`)."""
 
     data: str = setting(
-        "lee_background", "LM corpus: cc100[:lang], wikitext-103, wikitext-2, hub:<name>[:config][@split][#field], "
+        DEFAULT_CORPUS, "LM corpus: cc100[:lang], wikitext-103, wikitext-2, hub:<name>[:config][@split][#field], "
         "lee_background, or a local file/folder (join several with '+'); ignored with task_data")
     tokenizer: str | None = setting(
         None, "tokenizer source if the model folder has none ('gpt2' = the offline GPT-2 tokenizer)")
     seq_len: int = setting(
         512, "tokens per training chunk / longest task example (authors: --max_seq_length 512)", minimum=2)
     separator: str = setting(
-        "eos", "between concatenated documents: eos = the tokenizer's end-of-text token (our choice); none = "
+        SEPARATOR, "between concatenated documents: eos = the tokenizer's end-of-text token (our choice); none = "
         "nothing (authors: group_texts joins the token lists as they are)", choices=SEPARATORS)
     train_tokens: int | None = setting(
         None, "training tokens to read from the corpus (null: the whole local corpus, or max_tokens)", minimum=1)
     eval_tokens: int = setting(16_384, "held-out tokens for the before/after evaluation (LM mode)", minimum=1)
-    shuffle_buffer: int = setting(10_000, "shuffle buffer for streamed corpora (0: stream order)", minimum=0)
+    shuffle_buffer: int = setting(SHUFFLE_BUFFER, "shuffle buffer for streamed corpora (0: stream order)", minimum=0)
     task_data: str | None = setting(
         None, "JSONL of prompt -> target examples: task-specific training, prompt tokens left out of the loss")
-    prompt_field: str = setting("prompt", "prompt field name in task_data")
-    target_field: str = setting("target", "target field name in task_data")
+    prompt_field: str = setting(PROMPT_FIELD, "prompt field name in task_data")
+    target_field: str = setting(TARGET_FIELD, "target field name in task_data")
     task_eval_fraction: float = setting(
         0.1, "fraction of task examples held out for evaluation", minimum=0, check=_fraction_below_one)
     eval_batch_size: int = setting(8, "sequences per evaluation batch", minimum=1)
