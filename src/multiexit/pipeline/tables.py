@@ -566,8 +566,9 @@ def _generation_files(scores: dict) -> list[str]:
 
 def example_settings(manifest: dict, methods: tuple[str, ...] = ("greedy", "acd", "top_p")) -> list[dict]:
     """The manifest generation entries shown side by side: per model and dataset, the first of each method in
-    grid order (lowest seed). For ACD, the setting whose amateur (``lower``) is nearest the model's middle layer
-    (num_layers / 2, as the paper's GPT-2 Medium pair original vs 12 of 24; ties: the lower layer)."""
+    grid order (lowest seed). For a method with an amateur layer (a ``lower`` parameter: ACD), the setting whose
+    ``lower`` is nearest the model's middle layer (num_layers / 2, as the paper's GPT-2 Medium pair original vs 12
+    of 24; ties: the lower layer)."""
     picked = []
     groups = list(dict.fromkeys((e["model"], e["dataset"]) for e in manifest["generations"]))
     for model, dataset in groups:
@@ -579,7 +580,7 @@ def example_settings(manifest: dict, methods: tuple[str, ...] = ("greedy", "acd"
                 continue
             def key(entry):
                 lower = entry.get("params", {}).get("lower")
-                distance = abs(lower - middle) if method == "acd" and isinstance(lower, int) else 0
+                distance = abs(lower - middle) if isinstance(lower, int) else 0
                 return (distance, lower if isinstance(lower, int) else 0, entry.get("seed") or 0)
             picked.append(min(candidates, key=key))  # min keeps grid order among equal keys
     return picked
