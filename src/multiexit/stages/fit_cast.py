@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from multiexit._lazy import LazyModule
-from multiexit.inputs.corpora import DEFAULT_CORPUS
+from multiexit.inputs.corpora import DEFAULT_CORPUS, validate_corpus_spec
 from multiexit.model.config import ORIGINAL, VocabularyProjectionMode
 from multiexit.settings import Settings, check_device, setting
 
@@ -26,19 +26,13 @@ torch = LazyModule("torch")
 nn = LazyModule("torch.nn")
 
 
-def _check_corpus(spec: str) -> None:
-    from multiexit.inputs.corpora import validate_corpus_spec
-
-    validate_corpus_spec(spec)
-
-
 @dataclass(frozen=True)
 class FitCastSettings(Settings):
     """Settings of one cast fit (the pipeline's ``cast.layers`` and ``cast.options``; ``scripts/fit_cast.py``'s options)."""
 
     layers: tuple[int, ...] = setting(help="layers to fit casts for (1..L-1)", minimum=1)
     data: str = setting(DEFAULT_CORPUS, "corpus spec: wikitext-103, cc100[:lang], hub:..., lee_background, or a local file/folder",
-                        check=_check_corpus)
+                        check=validate_corpus_spec)
     tokenizer: str | None = setting(None, "tokenizer source if the model folder has none ('gpt2' = offline GPT-2 tokenizer)")
     seq_len: int = setting(128, "tokens per text chunk the model reads", minimum=2)
     num_positions: int = setting(25_000, "token positions used for the fit, per layer", minimum=1)
