@@ -150,6 +150,7 @@ BAD_CONFIGS = [
     ("unknown dataset key", ["datasets", "news", "colour"], "red", "datasets.news.colour"),
     ("unknown dataset name", ["datasets", "news", "name"], "wikipedia-xl", "datasets.news.name"),
     ("unknown training option", ["models", "smollm2", "train", "learning_rat"], 0.1, "models.smollm2.train.learning_rat"),
+    ("training corpus that names nothing", ["models", "smollm2", "train", "data"], "/no/such/corpus.txt", "models.smollm2.train.data"),
     ("unknown metric setting", ["metrics", "mauve_tokens"], 12, "metrics.mauve_tokens"),
     ("reference to no model", ["metrics", "featurizer"], "model:gpt2", "metrics.featurizer"),
     ("lm-eval ACD pair without heads", ["lm_eval", "acd"], [["original", 10]], "lm_eval.acd[0].lower"),

@@ -403,12 +403,16 @@ def test_train_block_maps_onto_the_two_settings_classes():
              ({"epochs": 3, "max_steps": 100}, "models.m.train.max_steps", "not epochs and max_steps"),
              ({"objective": "kl"}, "models.m.train.exits", "'original' cannot"),
              ({"head_bias": True}, "models.m.train.head_bias", "one of"),
-             ({"exits": [1]}, "models.m.train.exits", "model entry")]
+             ({"exits": [1]}, "models.m.train.exits", "model entry"),
+             ({"data": "/no/such/corpus.txt"}, "models.m.train.data", "neither a known corpus"),
+             ({"data": " "}, "models.m.train.data", "empty corpus spec")]
     for block, key, text in cases:
         exits = [2, "original"] if block.get("objective") == "kl" else [2]
         with pytest.raises(ConfigError) as info:
             train_settings(block, exits, "models.m.train")
         assert info.value.key == key and text in str(info.value), (block, str(info.value))
+    # with task_data the corpus is not read, so it is not checked either
+    assert train_settings({"data": "/no/such/corpus.txt", "task_data": "tasks.jsonl"}, [2], "models.m.train")[1].task_data == "tasks.jsonl"
     with pytest.raises(ConfigError) as info:
         HeadTrainingSettings.from_dict({"exits": [3, 3]}, "models.m.train")
     assert info.value.key == "models.m.train.exits" and "duplicates" in str(info.value)

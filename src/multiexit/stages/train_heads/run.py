@@ -110,10 +110,6 @@ def run_head_training(
     plot_path = Path(plot_path) if plot_path else output_dir / "loss.png"
     history_csv = Path(history_csv) if history_csv else output_dir / "loss_history.csv"
     history_json = Path(history_json) if history_json else output_dir / "loss_history.json"
-    if data.task_data is None:
-        from multiexit.inputs.corpora import validate_corpus_spec
-
-        validate_corpus_spec(data.data)
 
     from accelerate.utils import DistributedDataParallelKwargs
 

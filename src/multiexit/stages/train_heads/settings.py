@@ -18,7 +18,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from multiexit.inputs.corpora import DEFAULT_CORPUS, PROMPT_FIELD, SEPARATOR, SEPARATORS, SHUFFLE_BUFFER, TARGET_FIELD
+from multiexit.inputs.corpora import (
+    DEFAULT_CORPUS,
+    PROMPT_FIELD,
+    SEPARATOR,
+    SEPARATORS,
+    SHUFFLE_BUFFER,
+    TARGET_FIELD,
+    validate_corpus_spec,
+)
 from multiexit.model.config import ORIGINAL
 from multiexit.settings import ConfigError, Settings, _check_value, setting
 
@@ -172,6 +180,11 @@ class DataSettings(Settings):
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        if self.task_data is None:  # the corpus is read only without task_data: checked then, at plan time too
+            try:
+                validate_corpus_spec(self.data)
+            except ValueError as err:
+                raise ValueError(f"data: {err}") from None
 
 
 def train_settings(block: dict | None, exits, key: str = "train") -> tuple[HeadTrainingSettings, DataSettings]:
