@@ -3,6 +3,7 @@ featurizer, SimCSE-style coherence rebuilt by hand, bootstrap intervals, perplex
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -410,6 +411,23 @@ def test_score_rows_all_metrics(tiny_gpt2_dir):
     assert m["intervals"]["share_stopped_early"]["high"] > m["intervals"]["share_stopped_early"]["low"]
     with pytest.raises(ValueError, match=r"row 0 misses field\(s\) \['stop_reason'\]"):
         score_rows([{k: v for k, v in rows[0].items() if k != "stop_reason"}], {"metrics": ["length"]})
+
+
+def test_score_cli_options_are_the_settings_fields():
+    """scripts/score.py builds its options from ScoreSettings: --spec (alias --settings) with field options on top."""
+    spec = importlib.util.spec_from_file_location("score_script", ROOT / "scripts" / "score.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parser = module.build_parser()
+    options = {action.dest for action in parser._actions} - {"help", "generations", "spec", "threads", "progress", "output"}
+    assert options == set(ScoreSettings.field_names())
+    for flag in ("--spec", "--settings"):
+        args = parser.parse_args(["--generations", "g.jsonl", "--output", "m.json", flag, '{"ns": [2], "metrics": ["mauve"]}',
+                                  "--metrics", "diversity,length", "--mauve-num-buckets", "auto", "--batch-size", "8"])
+        settings = ScoreSettings.from_cli(args)
+        assert (settings.metrics, settings.ns, settings.mauve_num_buckets, settings.batch_size) == (("diversity", "length"), (2,), "auto", 8)
+    with pytest.raises(ValueError, match="unknown metric"):
+        ScoreSettings.from_cli(parser.parse_args(["--generations", "g", "--output", "m", "--metrics", "bleu"]))
 
 
 @pytest.mark.slow

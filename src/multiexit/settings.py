@@ -241,10 +241,21 @@ class Settings:
             flag = "--" + f.name.replace("_", "-")
             default = None if f.default is dataclasses.MISSING else f.default
             text = meta["help"] + (f" (default: {_jsonable(default)})" if f.default is not dataclasses.MISSING else " (required)")
+            text = text.replace("%", "%%")  # argparse formats help with %-style fields
             if _options(annotation) == [bool]:
                 parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
             else:
                 parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
+
+    @classmethod
+    def describe(cls, indent: str = "  ") -> str:
+        """One line per field for a script's help: its spec key, help text and default (as JSON)."""
+        width = max(len(f.name) for f in dataclasses.fields(cls))
+        lines = []
+        for f, _, meta in cls._fields():
+            default = "required" if f.default is dataclasses.MISSING else f"default {json.dumps(_jsonable(f.default))}"
+            lines.append(f"{indent}{f.name:<{width}}  {meta['help']} ({default})")
+        return "\n".join(lines)
 
     @classmethod
     def values_from_args(cls, namespace: argparse.Namespace) -> dict:

@@ -18,9 +18,9 @@ rule score:
         **stage_resources("score"),
     params:
         script=f"{SCRIPTS}/score.py",
-        settings=PLAN.score_spec(),
+        spec=PLAN.score_spec(),
         env=PLAN.hf_env(),
     shell:
         "{params.env} python {params.script} --generations {input.generations:q}"
-        " --settings {params.settings:q} --threads {threads}"
+        " --spec {params.spec:q} --threads {threads}"
         " --output {output:q} > {log:q} 2>&1"

@@ -40,7 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
-from multiexit.settings import Settings, check_device
+from multiexit.settings import Settings, check_device, setting
 
 DEFAULT_NS = (2, 3, 4)
 DEFAULT_FEATURIZER = "gpt2"
@@ -389,21 +389,25 @@ ALL_METRICS = ("diversity", "mauve", "coherence", "length", "perplexity")
 class ScoreSettings(Settings):
     """Settings of :func:`score_rows` (JSON object on the command line; the pipeline's ``metrics`` block)."""
 
-    metrics: tuple[str, ...] = ("diversity", "mauve", "coherence", "length")
-    ns: tuple[int, ...] = DEFAULT_NS
-    featurizer: str = DEFAULT_FEATURIZER
-    mauve_max_tokens: int = MAUVE_MAX_TOKENS
-    mauve_scaling_factor: float = MAUVE_SCALING_FACTOR
-    mauve_seed: int = MAUVE_SEED
-    mauve_num_buckets: int | str = MAUVE_NUM_BUCKETS
-    coherence_model: str = DEFAULT_COHERENCE_MODEL
-    coherence_max_tokens: int = SIMCSE_MAX_TOKENS
-    coherence_pooler: str = "auto"
-    perplexity_model: str | None = None
-    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
-    bootstrap_seed: int = BOOTSTRAP_SEED
-    batch_size: int = BATCH_SIZE
-    device: str = "auto"
+    metrics: tuple[str, ...] = setting(
+        ("diversity", "mauve", "coherence", "length"), "list from diversity, mauve, coherence, length, perplexity")
+    ns: tuple[int, ...] = setting(DEFAULT_NS, "n-gram sizes of rep-n")
+    featurizer: str = setting(DEFAULT_FEATURIZER, "MAUVE featurizer LM: Hub name or local folder (gpt2-large selectable)")
+    mauve_max_tokens: int = setting(
+        MAUVE_MAX_TOKENS, "reference and generation cut to this many featurizer tokens; shorter pairs dropped")
+    mauve_scaling_factor: float = setting(MAUVE_SCALING_FACTOR, "MAUVE scaling factor")
+    mauve_seed: int = setting(MAUVE_SEED, "k-means seed")
+    mauve_num_buckets: int | str = setting(MAUVE_NUM_BUCKETS, "'auto' (= n/10) or an integer")
+    coherence_model: str = setting(
+        DEFAULT_COHERENCE_MODEL, "SimCSE Hub name / folder (CLS pooler output) or a sentence-transformers folder")
+    coherence_max_tokens: int = setting(
+        SIMCSE_MAX_TOKENS, "texts cut to this many coherence-encoder tokens (SimCSE's tool: 128)")
+    coherence_pooler: str = setting("auto", "auto, cls or cls_before_pooler: the coherence encoder's sentence vector")
+    perplexity_model: str | None = setting(None, "evaluator LM for metric 'perplexity' (required with it)")
+    bootstrap_resamples: int = setting(BOOTSTRAP_RESAMPLES, "bootstrap resamples of the 95% intervals of per-prompt metrics")
+    bootstrap_seed: int = setting(BOOTSTRAP_SEED, "bootstrap seed")
+    batch_size: int = setting(BATCH_SIZE, "featurizer / encoder batch size")
+    device: str = setting("auto", "auto, cpu, cuda, ...")
 
     @classmethod
     def from_dict(cls, data: dict | None, key: str = "") -> "ScoreSettings":
@@ -505,6 +509,47 @@ def score_rows(rows: Sequence[dict], settings: ScoreSettings | dict | None = Non
     return result
 
 
+def read_generations(path: str | Path) -> list[dict]:
+    """The rows of a generation JSONL, checked (ValueError naming the file and the bad row)."""
+    from multiexit.io import read_jsonl
+
+    if not Path(path).is_file():
+        raise ValueError(f"generation file not found: {path}")
+    rows = read_jsonl(path)
+    check_rows(rows, str(path))
+    return rows
+
+
+def write_score_file(generations: str | Path, output: str | Path, settings: ScoreSettings, *,
+                     rows: Sequence[dict] | None = None, progress: bool = False) -> dict:
+    """Score one generation file and write its score file atomically; returns the file's content.
+
+    The score file holds the generation file's path, its ``setting`` (:func:`setting_values` of the
+    generation sidecar, where there is one), the ``metrics``, the scoring ``settings``, the whole
+    sidecar as ``generation`` and the time it was ``created``. ``rows``: the file's rows, if read already.
+    """
+    import json
+    from datetime import datetime, timezone
+
+    from multiexit.io import atomic_write_text
+    from multiexit.stages.generate import meta_path
+
+    rows = read_generations(generations) if rows is None else rows
+    metrics = score_rows(rows, settings, progress=progress)
+    side = meta_path(generations)
+    sidecar = json.loads(side.read_text()) if side.is_file() else None
+    report = {
+        "generations": str(generations),
+        "setting": setting_values(sidecar),
+        "metrics": metrics,
+        "settings": settings.as_dict(),
+        "generation": sidecar,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(output, json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def setting_values(sidecar: dict | None) -> dict:
     """The decoding setting of a generation run as flat values, from its ``.meta.json`` sidecar.
 
@@ -539,10 +584,12 @@ __all__ = [
     "length_values",
     "per_text_diversity",
     "perplexity_metrics",
+    "read_generations",
     "repetition_metrics",
     "score_rows",
     "setting_values",
     "simctg_ngram_counts",
     "simctg_rep",
     "simctg_tokens",
+    "write_score_file",
 ]
