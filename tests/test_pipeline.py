@@ -156,6 +156,7 @@ BAD_CONFIGS = [
     ("lm-eval ACD pair without heads", ["lm_eval", "acd"], [["original", 10]], "lm_eval.acd[0].lower"),
     ("lm-eval mistyped flag", ["lm_eval", "original"], "yes", "lm_eval.original"),
     ("resource mistyped", ["resources", "generate", "gpu"], 0.5, "resources.generate.gpu"),
+    ("unknown example method", ["tables"], {"examples": ["greedy", "nucleus"]}, "tables.examples[1]"),
 ]
 
 

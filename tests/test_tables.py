@@ -239,6 +239,11 @@ def test_examples_show_one_prompt_under_greedy_middle_acd_and_top_p(tmp_path):
     assert md.index("greedy a") < md.index("acd12 a") < md.index("top-p 0 a")
     # an explicit prompt id
     assert "> acd12 z" in examples_markdown(manifest, prompt_id="z")
+    # the config's tables.examples chooses the methods and their order
+    chosen = examples_markdown({**manifest, "tables": {"examples": ["exit", "acd"]}})
+    assert "under exit, acd (tables.examples" in chosen and "> exit a" in chosen and "> acd12 a" in chosen
+    assert "greedy a" not in chosen and "top-p 0 a" not in chosen and chosen.index("exit a") < chosen.index("acd12 a")
+    assert "No generations of dola in this grid." in examples_markdown({**manifest, "tables": {"examples": ["dola"]}})
 
 
 def test_training_figure_draws_held_out_losses(exits_manifest, tmp_path):

@@ -16,7 +16,8 @@ JSONs, and the head-training reports. Output:
   columns ordered by their layer values;
 * ``exits.md`` -- held-out loss of every exit per way of reading it (logit lens, initial heads, cast map,
   trained heads) beside the original head's, from the training reports and cast fits;
-* ``examples.md`` -- one prompt's greedy, ACD and top-p continuations side by side.
+* ``examples.md`` -- one prompt's continuations under the methods of ``tables.examples`` (default greedy,
+  ACD, top-p) side by side.
 
 No code here reads a setting's label to find its method or layers: labels are only displayed.
 """
@@ -564,11 +565,23 @@ def _generation_files(scores: dict) -> list[str]:
     return [files] if isinstance(files, str) else list(files)
 
 
-def example_settings(manifest: dict, methods: tuple[str, ...] = ("greedy", "acd", "top_p")) -> list[dict]:
+# the methods examples.md shows when the config's tables.examples does not say (our choice: the plain LM's two
+# common searches around ACD)
+EXAMPLE_METHODS = ("greedy", "acd", "top_p")
+
+
+def example_methods(manifest: dict) -> tuple[str, ...]:
+    """The methods examples.md shows: the config's ``tables.examples``, else :data:`EXAMPLE_METHODS`."""
+    methods = (manifest.get("tables") or {}).get("examples")
+    return EXAMPLE_METHODS if methods is None else tuple(methods)
+
+
+def example_settings(manifest: dict, methods: tuple[str, ...] | None = None) -> list[dict]:
     """The manifest generation entries shown side by side: per model and dataset, the first of each method in
-    grid order (lowest seed). For a method with an amateur layer (a ``lower`` parameter: ACD), the setting whose
+    ``methods`` (default: :func:`example_methods`) in grid order (lowest seed). For a method with an amateur layer (a ``lower`` parameter: ACD), the setting whose
     ``lower`` is nearest the model's middle layer (num_layers / 2, as the paper's GPT-2 Medium pair original vs 12
     of 24; ties: the lower layer)."""
+    methods = example_methods(manifest) if methods is None else methods
     picked = []
     groups = list(dict.fromkeys((e["model"], e["dataset"]) for e in manifest["generations"]))
     for model, dataset in groups:
@@ -620,11 +633,12 @@ def _quote(text: str) -> str:
 
 def examples_markdown(manifest: dict, prompt_id: str | None = None) -> str:
     """Markdown: per (model, dataset), the prompt, then each continuation as a block quote under its setting."""
-    parts = ["Side by side: one prompt's continuations (greedy, ACD of the original head against the exit nearest "
-             "the middle layer, top-p), copied verbatim from the generation files.\n"]
+    methods = ", ".join(example_methods(manifest))
+    parts = [f"Side by side: one prompt's continuations under {methods} (tables.examples; of a method with an amateur "
+             "layer, the setting whose amateur is nearest the middle layer), copied verbatim from the generation files.\n"]
     examples = example_continuations(manifest, prompt_id)
     if not examples:
-        parts.append("No greedy, ACD or top-p generations in this grid.\n")
+        parts.append(f"No generations of {methods} in this grid.\n")
     for example in examples:
         parts.append(f"### {example['model']} / {example['dataset']}, prompt `{example['id']}`\n")
         parts.append("**Prompt**\n\n" + _quote(example["prompt"]) + "\n")
