@@ -192,6 +192,12 @@ def _split_search(params: dict, search, search_params):
     raise DecodingError("params.search", f"expected a search name or {{'name': <search>, <its params>}}, got {value!r}")
 
 
+def check_method(method) -> None:
+    """Raise :class:`DecodingError` (key 'method') unless ``method`` names a registered method; the message lists them."""
+    if method not in METHODS:
+        raise DecodingError("method", f"unknown decoding method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
+
+
 def parse_decoding(method: str, params: dict | None = None, search: str | None = None,
                    search_params: dict | None = None) -> DecodingSetting:
     """Validate a method, its params and a search with its params (defaults filled in).
@@ -200,8 +206,7 @@ def parse_decoding(method: str, params: dict | None = None, search: str | None =
     :class:`DecodingError` (a ValueError) naming the bad value and listing the valid ones; ``err.key``
     says which part is bad.
     """
-    if method not in METHODS:
-        raise DecodingError("method", f"unknown decoding method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
+    check_method(method)
     spec = METHODS[method]
     if params is not None and not isinstance(params, dict):
         raise DecodingError("params", f"decoding method {method!r}: params must be a mapping, got {params!r}")
@@ -410,6 +415,7 @@ __all__ = [
     "Search",
     "all_checks",
     "check_config",
+    "check_method",
     "check_range",
     "derived_settings",
     "describe_methods",

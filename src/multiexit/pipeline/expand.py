@@ -118,17 +118,26 @@ def check_layers(spec: dict, model: str, needs: tuple[dict, tuple[str, ...]] | N
         raise ConfigError(f"{key}.{blamed}" if blamed else key, f"{text} (model {model!r})") from None
 
 
+def check_method(method, key: str) -> None:
+    """The registry's :func:`~multiexit.decoding.registry.check_method`, its error as a ConfigError naming ``key``."""
+    from multiexit.decoding import registry
+
+    try:
+        registry.check_method(method)
+    except ValueError as err:
+        raise ConfigError(key, str(err)) from None
+
+
 def expand_decoding(config: dict, models: dict, generating: list[str], check_refs) -> dict[str, list[Setting]]:
     """Every decoding entry x its models x its parameter grid x seeds -> settings per model (labels unique)."""
-    from multiexit.decoding.registry import METHODS, exit_output, parse_decoding, setting_label
+    from multiexit.decoding.registry import exit_output, parse_decoding, setting_label
 
     settings: dict[str, list[Setting]] = {m: [] for m in generating}
     for index, entry in enumerate(config["decoding"]):
         key = f"decoding[{index}]"
         seeds = entry.get("seeds") or config["seeds"]  # an entry's own seeds (e.g. a sampling row's spread)
         method = entry["method"]
-        if method not in METHODS:
-            raise ConfigError(f"{key}.method", f"unknown decoding method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
+        check_method(method, f"{key}.method")
         targets = entry.get("models", generating)
         for j, model in enumerate(targets):
             if model not in models:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from multiexit.model.config import VocabularyProjectionMode
-from multiexit.pipeline.expand import LmEvalRun, Setting, expand_decoding, lm_eval_variants
+from multiexit.pipeline.expand import LmEvalRun, Setting, check_method, expand_decoding, lm_eval_variants
 from multiexit.pipeline.layout import FIGURES, Layout
 from multiexit.pipeline.schema import validate_config
 from multiexit.settings import ConfigError
@@ -355,18 +355,9 @@ def build_plan(config: dict, schema: dict | str | Path) -> Plan:
     plan.settings = expand_decoding(config, models, generating, check_refs)
     plan.stages.update(_plan_generation(plan, check_refs, stage_options))
     plan.stages.update(_plan_lm_eval(plan, generating, check_refs, stage_options))
-    _check_example_methods(config["tables"].get("examples"))
+    for i, method in enumerate(config["tables"].get("examples") or ()):
+        check_method(method, f"tables.examples[{i}]")
     return plan
-
-
-def _check_example_methods(methods) -> None:
-    """``tables.examples`` names registered decoding methods (ConfigError naming the entry)."""
-    from multiexit.decoding.registry import METHODS
-
-    for i, method in enumerate(methods or ()):
-        if method not in METHODS:
-            raise ConfigError(f"tables.examples[{i}]", f"unknown decoding method {method!r}; valid methods: "
-                                                      f"{', '.join(sorted(METHODS))}")
 
 
 def _plan_models(plan: Plan, check_refs, stage_options) -> dict:

@@ -578,9 +578,9 @@ def example_methods(manifest: dict) -> tuple[str, ...]:
 
 def example_settings(manifest: dict, methods: tuple[str, ...] | None = None) -> list[dict]:
     """The manifest generation entries shown side by side: per model and dataset, the first of each method in
-    ``methods`` (default: :func:`example_methods`) in grid order (lowest seed). For a method with an amateur layer (a ``lower`` parameter: ACD), the setting whose
-    ``lower`` is nearest the model's middle layer (num_layers / 2, as the paper's GPT-2 Medium pair original vs 12
-    of 24; ties: the lower layer)."""
+    ``methods`` (default: :func:`example_methods`) in grid order (lowest seed). For a method with an amateur
+    layer (a ``lower`` parameter: ACD), the setting whose ``lower`` is nearest the model's middle layer
+    (num_layers / 2, as the paper's GPT-2 Medium pair original vs 12 of 24; ties: the lower layer)."""
     methods = example_methods(manifest) if methods is None else methods
     picked = []
     groups = list(dict.fromkeys((e["model"], e["dataset"]) for e in manifest["generations"]))

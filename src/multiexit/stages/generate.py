@@ -102,11 +102,6 @@ def library_versions() -> dict:
 DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
 
 
-def _check_method(value: str) -> None:
-    if value not in decoding.METHODS:
-        raise ValueError(f"unknown decoding method {value!r}; valid methods: {', '.join(sorted(decoding.METHODS))}")
-
-
 @dataclass(frozen=True)
 class GenerateSettings(Settings):
     """One generation job: the decoding setting, the prompt set and how to run it (the rule's ``--spec``).
@@ -115,7 +110,7 @@ class GenerateSettings(Settings):
     and ``device`` only override them).
     """
 
-    method: str = setting(help="decoding method name (see the list below)", check=_check_method)
+    method: str = setting(help="decoding method name (see the list below)", check=decoding.check_method)
     dataset: dict = setting(help='prompt set as a JSON object, e.g. \'{"name": "wikitext-103", "num_prompts": 2000}\'')
     params: dict | None = setting(None, "decoding parameters as a JSON object (default: the method's defaults)")
     seed: int = setting(0, "generation seed; shard i is seeded from (seed, i)")
